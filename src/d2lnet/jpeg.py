@@ -1,0 +1,149 @@
+"""JPEG round-trips of the benchmark protocol, and reading a file's quality factor.
+
+Compression is libjpeg through Pillow at ``quality=QF`` with 4:2:0 chroma
+subsampling for colour (Pillow's default, and OpenCV's: both give identical
+pixels). A grey image is the protocol's BT.601 Y channel (:func:`d2lnet.metrics.rgb_to_y`)
+encoded as a one-channel JPEG.
+
+:func:`estimate_quality` reads the quantization tables of a JPEG file and returns
+the IJG quality factor whose scaled standard tables they are, so that a blind
+model can be told how hard the image was compressed.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from d2lnet.metrics import rgb_to_y
+
+# Annex K of ITU-T T.81, natural (row-major) order: the tables libjpeg scales by quality.
+_STD_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+])  # fmt: skip
+_STD_CHROMINANCE = np.array([
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
+    24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+])  # fmt: skip
+# Position in natural order of the k-th coefficient of a DQT segment (which is in zigzag order).
+_ZIGZAG = np.array([
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5,
+    12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21, 28,
+    35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
+    58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+])  # fmt: skip
+
+
+def compress(image: np.ndarray, quality: int, gray: bool = False) -> bytes:
+    """Encode a uint8 image (H, W) or (H, W, 3) as JPEG bytes at IJG quality ``quality`` (1 to 100).
+
+    ``gray=True`` encodes the protocol's grey version (the BT.601 Y channel) of an RGB image.
+    """
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if gray and image.ndim == 3:
+        image = rgb_to_y(image)
+    if image.ndim == 3 and image.shape[2] != 3:
+        raise ValueError(f"expected (H, W) or (H, W, 3), got {image.shape}")
+    buffer = io.BytesIO()
+    # subsampling=2 is 4:2:0, Pillow's default for colour; stated so that it never changes under us.
+    options = {"subsampling": 2} if image.ndim == 3 else {}
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), **options)
+    return buffer.getvalue()
+
+
+def decompress(data: bytes) -> np.ndarray:
+    """Decode JPEG bytes to uint8 (H, W) for grey or (H, W, 3) for colour."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("RGB")
+        return np.asarray(im)
+
+
+def roundtrip(image: np.ndarray, quality: int, gray: bool = False) -> np.ndarray:
+    """The JPEG-degraded version of ``image`` at ``quality``: :func:`decompress` of :func:`compress`."""
+    return decompress(compress(image, quality, gray))
+
+
+def quantization_tables(data: bytes) -> dict[int, np.ndarray] | None:
+    """The quantization tables of JPEG ``data`` by table id, each 64 values in natural order;
+    None if ``data`` is not a JPEG stream."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    tables: dict[int, np.ndarray] = {}
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return tables or None  # corrupt marker stream: keep what was read
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no tables after this
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xDB:
+            i = 0
+            while i < len(segment):
+                precision, table_id = segment[i] >> 4, segment[i] & 0x0F
+                size = 128 if precision else 64
+                raw = np.frombuffer(segment[i + 1 : i + 1 + size], dtype=">u2" if precision else np.uint8)
+                if raw.size != 64:
+                    break
+                natural = np.empty(64, dtype=np.int64)
+                natural[_ZIGZAG] = raw
+                tables[table_id] = natural
+                i += 1 + size
+        pos += 2 + length
+    return tables
+
+
+def ijg_table(quality: int, chrominance: bool = False) -> np.ndarray:
+    """libjpeg's table for ``quality`` (``jpeg_set_quality`` with baseline clamping), natural order."""
+    q = min(max(int(quality), 1), 100)
+    scale = 5000 // q if q < 50 else 200 - 2 * q
+    base = _STD_CHROMINANCE if chrominance else _STD_LUMINANCE
+    return np.clip((base * scale + 50) // 100, 1, 255)
+
+
+def estimate_quality(source: str | Path | bytes | bytearray) -> int | None:
+    """The IJG quality factor (1 to 100) of a JPEG file or byte string, from its quantization tables.
+
+    Exact for files written by libjpeg (Pillow, OpenCV, ImageMagick, ...) with the standard
+    tables. For other encoders (cameras, some editors) it returns the quality whose
+    standard tables are closest (in mean absolute log ratio). Returns None for anything that is
+    not a JPEG with quantization tables.
+    """
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    tables = quantization_tables(data)
+    if not tables:
+        return None
+    ids = sorted(t for t in tables if t in (0, 1)) or [min(tables)]
+    best_q, best_err = 0, float("inf")
+    for q in range(1, 101):
+        err = 0.0
+        for t in ids:
+            expected = ijg_table(q, chrominance=(t == 1))
+            err += float(np.abs(np.log(tables[t].clip(1)) - np.log(expected)).mean())
+        if err < best_err:
+            best_q, best_err = q, err
+        if err == 0:
+            break
+    return best_q
