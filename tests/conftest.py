@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny models, small images, and the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("D2LNET_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or $D2LNET_DATA); tests that need it are skipped without it."""
+    if not (SHARED_DATA / "test").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Release files of untrained d2lnet-xs models, colour and grey."""
+    from d2lnet.model import build
+    from d2lnet.pretrained import save_release
+
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for kind, channels in (("color", 3), ("gray", 1)):
+        torch.manual_seed(1)
+        model = build("d2lnet-xs", in_channels=channels)
+        paths[kind] = save_release(model, folder / f"tiny-{kind}.safetensors", {"name": f"tiny-{kind}", "summary": "untrained, for tests"})
+    return paths
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    """A 45x61 RGB uint8 image with edges and texture (odd sizes on purpose)."""
+    y, x = np.mgrid[0:45, 0:61]
+    r = 128 + 100 * np.sin(x / 5.0)
+    g = np.where((x // 8 + y // 8) % 2 == 0, 200, 50)
+    b = 255 * (y / 44.0)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
