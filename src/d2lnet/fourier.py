@@ -43,7 +43,10 @@ def from_amplitude_phase(
     """Inverse of :func:`amplitude_phase`: F^-1(A, P) with output spatial ``size`` (H, W), in float32.
 
     The half-spectrum is treated as Hermitian (``irfft2``), so any amplitude and
-    phase give a real image; this is the F^-1 of equations (8) and (13).
+    phase give a real image; this is the F^-1 of equations (8) and (13). Only the
+    columns v = 0 and v = W/2, which a real image needs Hermitian on their own, keep
+    just the Hermitian part of an arbitrary phase there; every other coefficient is
+    reproduced exactly. (The released code's ``ifft2(...).real`` symmetrises them all.)
     """
     with torch.autocast(device_type=amplitude.device.type, enabled=False):
         amplitude, phase = amplitude.float(), phase.float()

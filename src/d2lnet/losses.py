@@ -36,21 +36,32 @@ def amplitude_loss(x_out1: torch.Tensor, gt: torch.Tensor, norm: FFTNorm = "orth
     return (amplitude_phase(x_out1, norm)[0] - amplitude_phase(gt, norm)[0]).abs().mean()
 
 
-def phase_loss(x_out2: torch.Tensor, gt: torch.Tensor, norm: FFTNorm = "ortho") -> torch.Tensor:
-    """L_pha = ||P(X_out2) - P(GT)||_1, eqs. (19) to (21) (a plain difference of angles, as written)."""
-    return (amplitude_phase(x_out2, norm)[1] - amplitude_phase(gt, norm)[1]).abs().mean()
+def phase_loss(x_out2: torch.Tensor, gt: torch.Tensor, norm: FFTNorm = "ortho", wrap: bool = True) -> torch.Tensor:
+    """L_pha = ||P(X_out2) - P(GT)||_1, eqs. (19) to (21).
+
+    With ``wrap`` (the default) the difference of two angles is taken on the circle, in
+    [-pi, pi]: it equals eq. (21)'s plain difference wherever that is at most pi, and
+    avoids its 2 pi jumps across the branch cut (e.g. real negative coefficients whose
+    zero imaginary part carries either sign), where the plain difference's gradient
+    points the long way round. ``wrap=False`` is eq. (21) to the letter.
+    """
+    difference = amplitude_phase(x_out2, norm)[1] - amplitude_phase(gt, norm)[1]
+    if wrap:
+        difference = torch.remainder(difference + torch.pi, 2 * torch.pi) - torch.pi
+    return difference.abs().mean()
 
 
 class D2LLoss(nn.Module):
     """The total loss of eq. (22). ``fft_norm`` should match the model's (``config.fft_norm``)."""
 
-    def __init__(self, alpha: float = 0.05, fft_norm: FFTNorm = "ortho") -> None:
+    def __init__(self, alpha: float = 0.05, fft_norm: FFTNorm = "ortho", wrap_phase: bool = True) -> None:
         super().__init__()
         self.alpha = alpha
         self.fft_norm = fft_norm
+        self.wrap_phase = wrap_phase
 
     def forward(self, x_out1: torch.Tensor, x_out2: torch.Tensor, gt: torch.Tensor) -> LossTerms:
         spa = spatial_loss(x_out2, gt)
         amp = amplitude_loss(x_out1, gt, self.fft_norm)
-        pha = phase_loss(x_out2, gt, self.fft_norm)
+        pha = phase_loss(x_out2, gt, self.fft_norm, self.wrap_phase)
         return LossTerms(spa + self.alpha * (amp + pha), spa, amp, pha)

@@ -190,6 +190,8 @@ class DualDomainBlock(nn.Module):
     The Fourier branch splits the (1x1-projected) input F_Xi into amplitude and phase
     (eq. 7), refines one of them with Conv = 1x1 conv, LeakyReLU, 1x1 conv while keeping
     the other (eq. 8), and transforms back. Subclasses choose which spectrum they correct.
+    As in eq. (8) taken literally (and the released code), a refined amplitude may come out
+    negative, which flips that coefficient's sign: the phase is then kept modulo pi.
     """
 
     corrects: Literal["amplitude", "phase"]
@@ -334,15 +336,19 @@ class SAM(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """Residual conv pair gated per channel by squeeze-and-excitation (the released refine head)."""
+    """Residual conv pair gated per channel by squeeze-and-excitation (the released refine head).
 
-    def __init__(self, channels: int, reduction: int = 4) -> None:
+    The squeeze uses a LeakyReLU where the released code has a ReLU: with few channels its
+    handful of hidden units can all die, and the gate then never learns.
+    """
+
+    def __init__(self, channels: int, reduction: int = 4, relu_slope: float = 0.2) -> None:
         super().__init__()
         self.body = nn.Sequential(_conv3x3(channels, channels), nn.ReLU(), _conv3x3(channels, channels))
         self.excite = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(channels, max(channels // reduction, 1), 1),
-            nn.ReLU(),
+            nn.LeakyReLU(relu_slope),
             nn.Conv2d(max(channels // reduction, 1), channels, 1),
             nn.Sigmoid(),
         )
@@ -393,6 +399,11 @@ class D2LNet(nn.Module):
         self.refine = Refine(w, c)
         self.project_out = FeatureProjection(c, w, slope, blocks=1)
         self.refine_out = Refine(w, c)
+        # Start as the identity map (X_out1 = X_out2 = X_in): every image-producing conv at zero, so
+        # training begins at the JPEG input's quality and only has to learn the correction.
+        for conv in (self.sam.to_image, self.refine[-1], self.refine_out[-1]):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
     def quality_condition(self, qf: torch.Tensor | float | None, batch: int, device: torch.device) -> torch.Tensor | None:
         """The conditioning vector for quality factors ``qf`` (None, a number, or (B,); values <= 0 mean unknown)."""

@@ -1,0 +1,236 @@
+"""Training and validation data: clean images, cropped and augmented, JPEG-compressed on the fly.
+
+A training sample is a pure function of ``(seed, index)``: the image, the crop,
+the rescaling, the flip/rotation and the quality factor are all drawn from a
+generator seeded by both. Samples are therefore identical whatever the number
+of worker processes or ranks, and a resumed run sees exactly the samples it
+would have seen (the sampler restarts at ``step * batch_size``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from d2lnet import jpeg
+from d2lnet.metrics import rgb_to_y
+
+IMAGE_EXTENSIONS = {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def list_images(folders: Sequence[str | Path]) -> list[Path]:
+    """All image files under ``folders`` (recursively), sorted for reproducibility."""
+    files: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {folder}")
+        files += [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(files)
+
+
+def load_rgb_or_gray(path: Path) -> np.ndarray:
+    """Decode an image file to uint8 (H, W) for grey or (H, W, 3); raises on unreadable files."""
+    with Image.open(path) as im:
+        im.load()  # decode now, so that truncated files fail here
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("L" if im.mode in ("I;16", "I", "1") else "RGB")
+        return np.asarray(im)
+
+
+def to_mode(image: np.ndarray, gray: bool) -> np.ndarray:
+    """The protocol's grey (BT.601 Y) or RGB version of an (H, W) or (H, W, 3) uint8 image."""
+    if gray:
+        return image if image.ndim == 2 else rgb_to_y(image)
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+
+
+def to_chw_float(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, C) -> float32 (C, H, W) in [0, 1]."""
+    if image.ndim == 2:
+        image = image[..., None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+
+
+@dataclass(frozen=True)
+class QualitySampler:
+    """Draws JPEG quality factors: from ``choices`` (a list), from the integer range ``[low, high]``,
+    or from the list with probability ``choice_prob`` and from the range otherwise."""
+
+    choices: tuple[int, ...] = ()
+    low: int | None = None
+    high: int | None = None
+    choice_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.choices and self.low is None:
+            raise ValueError("give quality choices, a quality range, or both")
+        for q in (*self.choices, *(v for v in (self.low, self.high) if v is not None)):
+            if not 1 <= q <= 100:
+                raise ValueError(f"JPEG quality factors must be in 1..100, got {q}")
+        if self.low is not None and (self.high is None or self.high < self.low):
+            raise ValueError(f"bad quality range [{self.low}, {self.high}]")
+
+    def __call__(self, rng: np.random.Generator) -> int:
+        use_choices = self.choices and (self.low is None or rng.random() < self.choice_prob)
+        if use_choices:
+            return int(self.choices[rng.integers(len(self.choices))])
+        return int(rng.integers(self.low, self.high + 1))
+
+
+class JPEGTrainSet(Dataset):
+    """Random crops of clean images with their JPEG-compressed versions.
+
+    Each item is a dict with ``lq`` (the decoded JPEG) and ``gt`` (the clean crop), float32
+    (C, crop, crop) in [0, 1], and ``qf``, the quality factor the crop was compressed at.
+    Indices are global sample numbers; epoch e visits every image once, in an order drawn
+    from ``(seed, e)``. Unreadable images are reported by name on stderr and skipped.
+
+    Args:
+        folders: folders of clean images (searched recursively).
+        crop: side of the square crops (a multiple of 8, so the JPEG grid is the crop's).
+        quality: the :class:`QualitySampler` drawing each sample's quality factor.
+        gray: train on the protocol's grey (BT.601 Y) images instead of RGB.
+        rescale: ``(low, high)``: scale each crop's source region by a random factor in that
+            range before cropping (more scales; downscaling also hides the sources' own JPEG grid).
+        augment: apply one of the 8 flips/rotations at random.
+        seed: the seed every sample is derived from.
+        cache: keep decoded images in memory (about 3 bytes per pixel).
+    """
+
+    def __init__(
+        self,
+        folders: Sequence[str | Path],
+        crop: int,
+        quality: QualitySampler,
+        gray: bool = False,
+        rescale: tuple[float, float] | None = None,
+        augment: bool = True,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        if crop % 8:
+            raise ValueError(f"crop must be a multiple of 8 (the JPEG block), got {crop}")
+        self.crop, self.quality, self.gray = crop, quality, gray
+        self.rescale, self.augment, self.seed = rescale, augment, seed
+        self.files: list[Path] = []
+        self.images: list[np.ndarray] | None = [] if cache else None
+        self.skipped: list[tuple[Path, str]] = []
+        for path in list_images(folders):
+            try:
+                image = load_rgb_or_gray(path)
+            except Exception as exc:  # any decoder error: report the file, keep going
+                self.skipped.append((path, f"{type(exc).__name__}: {exc}"))
+                print(f"warning: skipping unreadable training image {path}: {exc}", file=sys.stderr)
+                continue
+            if min(image.shape[:2]) < crop:
+                self.skipped.append((path, f"smaller than the {crop}px crop"))
+                print(f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the crop", file=sys.stderr)
+                continue
+            self.files.append(path)
+            if self.images is not None:
+                self.images.append(to_mode(image, gray))
+        if not self.files:
+            raise ValueError(f"no usable training images in {', '.join(map(str, folders))}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _image(self, i: int) -> np.ndarray:
+        return self.images[i] if self.images is not None else to_mode(load_rgb_or_gray(self.files[i]), self.gray)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The uint8 ``(clean crop, JPEG crop, quality)`` of global sample ``index``."""
+        n = len(self.files)
+        epoch, position = divmod(index, n)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        rng = np.random.default_rng([self.seed, index, 1])
+        image = self._image(int(order[position]))
+        h, w = image.shape[:2]
+
+        side = self.crop
+        if self.rescale is not None:  # crop a region of side crop / scale, resize it to crop
+            scale = rng.uniform(*self.rescale)
+            side = min(int(round(self.crop / scale)), h, w)
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        patch = image[top : top + side, left : left + side]
+        if side != self.crop:
+            patch = np.asarray(Image.fromarray(patch).resize((self.crop, self.crop), Image.Resampling.BICUBIC, reducing_gap=None))
+        if self.augment:  # one of the 8 elements of the dihedral group
+            k = rng.integers(8)
+            patch = np.rot90(patch, k % 4)
+            if k >= 4:
+                patch = patch[:, ::-1]
+        patch = np.ascontiguousarray(patch)
+        qf = self.quality(rng)
+        degraded = jpeg.roundtrip(patch, qf)
+        return patch, degraded, qf
+
+    def encoded(self, index: int) -> bytes:
+        """The JPEG bytes of sample ``index`` (for checking what a sample really is)."""
+        patch, _, qf = self.sample(index)
+        return jpeg.compress(patch, qf)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        clean, degraded, qf = self.sample(index)
+        return {"lq": to_chw_float(degraded), "gt": to_chw_float(clean), "qf": qf}
+
+
+class StepSampler(Sampler[int]):
+    """Yields the global sample indices of steps ``start_step, start_step + 1, ...``, for one rank.
+
+    Step s of rank r takes samples ``(s * world + r) * batch_size + j`` for j < batch_size, so
+    every rank sees different samples and a resumed run continues exactly where it stopped.
+    """
+
+    def __init__(self, batch_size: int, start_step: int = 0, steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.batch_size, self.start_step, self.steps = batch_size, start_step, steps
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start_step
+        while self.steps is None or step < self.steps:
+            first = (step * self.world_size + self.rank) * self.batch_size
+            yield from range(first, first + self.batch_size)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("an endless StepSampler has no length")
+        return max(0, self.steps - self.start_step) * self.batch_size
+
+
+class JPEGValidationSet(Dataset):
+    """Fixed validation pairs: each image (optionally centre-cropped) at each quality factor.
+
+    Items are dicts like :class:`JPEGTrainSet`'s, plus ``name``; images keep their own size
+    (use batch size 1). The JPEG versions are computed once, at construction.
+    """
+
+    def __init__(
+        self, folder: str | Path, qualities: Sequence[int], gray: bool = False, limit: int | None = None, crop: int | None = None
+    ) -> None:
+        self.items: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+        for path in list_images([folder])[:limit]:
+            image = to_mode(load_rgb_or_gray(path), gray)
+            if crop is not None:
+                h, w = image.shape[:2]
+                top, left = max(0, (h - crop) // 2) // 8 * 8, max(0, (w - crop) // 2) // 8 * 8
+                image = np.ascontiguousarray(image[top : top + crop, left : left + crop])
+            for qf in qualities:
+                self.items.append((path.stem, int(qf), image, jpeg.roundtrip(image, int(qf))))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
+        name, qf, clean, degraded = self.items[index]
+        return {"lq": to_chw_float(degraded), "gt": to_chw_float(clean), "qf": qf, "name": name}
+

@@ -1,0 +1,56 @@
+"""Amplitude/phase split and recombination (eqs. 3 to 5, 8, 13) against NumPy's FFT."""
+
+import numpy as np
+import pytest
+import torch
+
+from d2lnet.fourier import amplitude_phase, from_amplitude_phase, swap_amplitude
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 30), (1, 1, 8, 8), (1, 2, 31, 9)])
+@pytest.mark.parametrize("norm", ["ortho", "backward"])
+def test_split_matches_numpy_and_round_trips(shape, norm):
+    x = torch.rand(shape, dtype=torch.float32)
+    amplitude, phase = amplitude_phase(x, norm)
+    reference = np.fft.rfft2(x.numpy().astype(np.float64), norm=norm)
+    np.testing.assert_allclose(amplitude.numpy(), np.abs(reference), rtol=1e-4, atol=1e-5)
+    significant = np.abs(reference) > 1e-3  # the angle of a near-zero coefficient is noise
+    wrapped = np.angle(np.exp(1j * (phase.numpy() - np.angle(reference))))
+    assert np.abs(wrapped[significant]).max() < 1e-4
+    back = from_amplitude_phase(amplitude, phase, shape[-2:], norm)
+    np.testing.assert_allclose(back.numpy(), x.numpy(), atol=1e-5)
+
+
+def test_ortho_is_the_paper_normalisation():
+    """Eq. (3) divides by sqrt(HW): the DC coefficient of an all-ones H x W image is sqrt(HW)."""
+    amplitude, _ = amplitude_phase(torch.ones(1, 1, 12, 27), "ortho")
+    assert amplitude[0, 0, 0, 0].item() == pytest.approx(np.sqrt(12 * 27), rel=1e-6)
+    amplitude, _ = amplitude_phase(torch.ones(1, 1, 12, 27), "backward")
+    assert amplitude[0, 0, 0, 0].item() == pytest.approx(12 * 27, rel=1e-6)
+
+
+def test_swap_takes_one_amplitude_and_the_other_phase():
+    a, b = torch.rand(1, 3, 16, 21), torch.rand(1, 3, 16, 21)
+    mixed = swap_amplitude(amplitude_from=a, phase_from=b).numpy().astype(np.float64)
+    fa, fb, fm = (np.fft.rfft2(t, norm="ortho") for t in (a.numpy().astype(np.float64), b.numpy().astype(np.float64), mixed))
+    np.testing.assert_allclose(np.abs(fm), np.abs(fa), atol=1e-4)
+    significant = (np.abs(fa) > 1e-2) & (np.abs(fb) > 1e-2)
+    wrapped = np.angle(fm / fb)
+    assert np.abs(wrapped[significant]).max() < 1e-3
+    torch.testing.assert_close(swap_amplitude(a, a), a, atol=1e-5, rtol=0)
+
+
+def test_transforms_stay_fp32_under_autocast():
+    x = torch.rand(1, 4, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amplitude, phase = amplitude_phase(x.bfloat16())
+        back = from_amplitude_phase(amplitude, phase, (16, 16))
+    assert amplitude.dtype == phase.dtype == back.dtype == torch.float32
+
+
+def test_gradients_finite_on_flat_images():
+    """A constant image has exactly zero coefficients, where atan2 and |z| have no derivative."""
+    x = torch.full((1, 1, 8, 8), 0.5, requires_grad=True)
+    amplitude, phase = amplitude_phase(x)
+    (amplitude.sum() + phase.sum()).backward()
+    assert torch.isfinite(x.grad).all()

@@ -1,0 +1,157 @@
+"""D2LNet (Sec. 3.2): shapes, gradients, the two domain orders, the quality input, precision."""
+
+import numpy as np
+import pytest
+import torch
+
+from d2lnet import model as model_module
+from d2lnet.model import CONFIGS, AmplitudeCorrectionBlock, D2LNet, D2LNetConfig, PhaseCorrectionBlock, build
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 17, 30), (3, 3, 33, 8), (1, 3, 64, 64)])
+def test_any_size_and_batch(shape):
+    net = build("d2lnet-xs")
+    out = net(torch.rand(shape), qf=torch.tensor([10.0, 0.0, 95.0])[: shape[0]])
+    assert out.out1.shape == out.out2.shape == shape
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_named_configuration_builds_and_runs_on_odd_sizes(name, channels):
+    net = build(name, in_channels=channels).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, channels, 19, 13), qf=30)
+    assert out.out2.shape == (2, channels, 19, 13)
+    assert torch.isfinite(out.out2).all()
+
+
+def test_starts_as_the_identity_map():
+    x = torch.rand(2, 3, 24, 40)
+    out = build("d2lnet-xs")(x, qf=20)
+    torch.testing.assert_close(out.out1, x)
+    torch.testing.assert_close(out.out2, x)
+
+
+def test_every_parameter_receives_a_gradient():
+    """After one step moves the zero-initialised output convs, gradients reach every parameter,
+    including the unknown-quality embedding (the batch mixes known and unknown qualities)."""
+    net = build("d2lnet-xs")
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, gt, qf = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24), torch.tensor([10.0, 0.0])
+    for _ in range(2):
+        optimizer.zero_grad()
+        out = net(x, qf)
+        ((out.out1 - gt).abs().mean() + (out.out2 - gt).abs().mean()).backward()
+        optimizer.step()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def _trained_like(net: D2LNet) -> D2LNet:
+    """Give the zero-initialised output convs weights, so the network is not the identity."""
+    with torch.no_grad():
+        for conv in (net.sam.to_image, net.refine[-1], net.refine_out[-1]):
+            conv.weight.normal_(0, 0.05)
+    return net
+
+
+def test_domain_orders_compute_different_functions():
+    paper = _trained_like(build("d2lnet-xs", quality_conditioning=False))
+    released = D2LNet(D2LNetConfig(**{**paper.config.to_dict(), "domain_order": "released"}))
+    released.load_state_dict(paper.state_dict())  # same parameters, different wiring
+    assert isinstance(paper.stage1.encoder[0], AmplitudeCorrectionBlock)
+    assert isinstance(paper.stage2.encoder[0], PhaseCorrectionBlock)
+    assert isinstance(released.stage1.encoder[0], PhaseCorrectionBlock)
+    assert isinstance(released.stage2.encoder[0], AmplitudeCorrectionBlock)
+    x = torch.rand(1, 3, 32, 32)
+    assert (paper(x).out2 - released(x).out2).abs().max() > 1e-3
+
+
+def test_stage2_input_is_eq_13(monkeypatch):
+    """Paper: X_inv = F^-1(A(X_out1), P(X_in)); released: the input's amplitude, stage 1's phase."""
+    calls = []
+    original = model_module.swap_amplitude
+
+    def spy(amplitude_from, phase_from, norm):
+        calls.append((amplitude_from, phase_from))
+        return original(amplitude_from, phase_from, norm)
+
+    monkeypatch.setattr(model_module, "swap_amplitude", spy)
+    x = torch.rand(1, 3, 16, 16)
+    for order in ("paper", "released"):
+        net = _trained_like(build("d2lnet-xs", domain_order=order))
+        out1 = net(x).out1
+        amplitude_from, phase_from = calls.pop()
+        x_in, stage1 = (phase_from, amplitude_from) if order == "paper" else (amplitude_from, phase_from)
+        torch.testing.assert_close(x_in, x)
+        torch.testing.assert_close(stage1, out1)
+
+
+@pytest.mark.parametrize("block_cls, kept", [(AmplitudeCorrectionBlock, "phase"), (PhaseCorrectionBlock, "amplitude")])
+def test_correction_block_keeps_the_other_spectrum(block_cls, kept):
+    """Eq. (8): an ACB's Fourier branch F_fre keeps the phase of F_Xi (modulo pi: a refined
+    amplitude may be negative), a PCB's keeps its amplitude. F_fre is recovered from the
+    attention's input F_dif = F_spa - F_fre (eq. 9)."""
+    block = block_cls(4, 6, D2LNetConfig(width=8, depth=2))
+    seen = {}
+    block.spatial.register_forward_hook(lambda m, i, o: seen.__setitem__("spa", o))
+    block.project.register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
+    block.attention.register_forward_hook(lambda m, i, o: seen.__setitem__("dif", i[0]))
+    block(torch.rand(1, 4, 16, 16))
+    f_fre = (seen["spa"] - seen["dif"]).detach().double().numpy()
+    f_x = np.fft.rfft2(seen["x"].detach().double().numpy(), norm="ortho")
+    f_f = np.fft.rfft2(f_fre, norm="ortho")
+    if kept == "amplitude":  # except the self-conjugate columns v = 0 and v = W/2 (see fourier.py)
+        np.testing.assert_allclose(np.abs(f_f)[..., 1:-1], np.abs(f_x)[..., 1:-1], atol=1e-4)
+    else:
+        # each coefficient of F_fre is a real multiple of F_Xi's: Im(F_fre conj(F_Xi)) = 0
+        cross = f_f * np.conj(f_x)
+        significant = np.abs(cross) > 1e-4
+        assert np.abs(np.sin(np.angle(cross[significant]))).max() < 1e-3
+
+
+def test_quality_input_changes_the_output_of_a_conditioned_model():
+    net = _trained_like(build("d2lnet-xs"))
+    with torch.no_grad():  # make the modulation strong enough to see
+        for m in net.modules():
+            if isinstance(m, model_module.ChannelModulation):
+                m.linear.weight.normal_(0, 0.5)
+    x = torch.rand(1, 3, 16, 16)
+    out10, out90, unknown = net(x, 10).out2, net(x, 90).out2, net(x, None).out2
+    assert (out10 - out90).abs().max() > 1e-4 and (out10 - unknown).abs().max() > 1e-4
+    torch.testing.assert_close(net(x, 0).out2, unknown)  # 0 means unknown
+    both = net(torch.cat([x, x]), torch.tensor([10.0, 90.0])).out2  # per-sample qualities
+    torch.testing.assert_close(both[0], out10[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1], out90[0], atol=1e-5, rtol=0)
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32():
+    net = _trained_like(build("d2lnet-xs")).eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        reference = net(x, 20).out2
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x, 20).out2
+    assert low.dtype in (torch.float32, torch.bfloat16)
+    assert (low.float() - reference).abs().max() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast(dtype):
+    net = _trained_like(build("d2lnet-xs")).cuda().eval()
+    x = torch.rand(2, 3, 37, 21, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        out = net(x, 10).out2
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        D2LNetConfig(in_channels=2)
+    with pytest.raises(ValueError):
+        D2LNetConfig(domain_order="sideways")
+    with pytest.raises(KeyError):
+        build("d2lnet-huge")
+    with pytest.raises(ValueError, match="expected input"):
+        build("d2lnet-xs")(torch.rand(1, 1, 8, 8))
