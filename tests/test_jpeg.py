@@ -1,0 +1,85 @@
+"""JPEG round-trips, quality estimation, and the protocol's JPEG rows of ../shared/DATA.md."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from d2lnet import jpeg
+from d2lnet.metrics import psnr, psnrb, rgb_to_y, ssim
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:64, 0:80]
+    base = np.stack([128 + 90 * np.sin(x / 7), 128 + 90 * np.cos(y / 5), (x * y) % 256], axis=-1)
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gray", [False, True], ids=["colour", "grey"])
+def test_estimate_quality_is_exact_for_every_pillow_quality(photo, gray):
+    wrong = {}
+    for quality in range(1, 101):
+        found = jpeg.estimate_quality(jpeg.compress(photo, quality, gray=gray))
+        if found != quality:
+            wrong[quality] = found
+    assert not wrong
+
+
+def test_estimate_quality_reads_files_written_by_pillow_directly(photo, tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo).save(path, quality=37)
+    assert jpeg.estimate_quality(path) == 37
+    assert jpeg.estimate_quality(str(path)) == 37
+
+
+def test_estimate_quality_of_non_jpeg_input_is_none(photo, tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    assert jpeg.estimate_quality(buffer.getvalue()) is None
+    assert jpeg.estimate_quality(b"") is None
+    assert jpeg.estimate_quality(b"not an image at all") is None
+
+
+def test_colour_is_420_and_grey_is_the_y_channel(photo):
+    with Image.open(io.BytesIO(jpeg.compress(photo, 50))) as im:
+        assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0
+    grey = jpeg.roundtrip(photo, 50, gray=True)
+    assert grey.ndim == 2
+    np.testing.assert_array_equal(grey, jpeg.decompress(jpeg.compress(rgb_to_y(photo), 50)))
+
+
+def test_quality_out_of_range_is_rejected(photo):
+    with pytest.raises(ValueError):
+        jpeg.compress(photo, 0)
+    with pytest.raises(ValueError):
+        jpeg.compress(photo, 101)
+
+
+def _jpeg_row(paths, quality: int, gray_from_colour: bool = False) -> tuple[float, float, float]:
+    rows = []
+    for path in paths:
+        image = np.asarray(Image.open(path))
+        if gray_from_colour:
+            image = rgb_to_y(image)
+        degraded = jpeg.roundtrip(image, quality)
+        rows.append((psnr(image, degraded), ssim(image, degraded), psnrb(image, degraded)))
+    return tuple(np.mean(rows, axis=0))
+
+
+@pytest.mark.parametrize(
+    "folder, expected",
+    [
+        ("LIVE1_color", (25.69, 0.743, 24.20)),
+        ("LIVE1_gray", (27.77, 0.773, 25.33)),
+        ("Classic5", (27.82, 0.760, 25.21)),
+    ],
+)
+def test_protocol_reproduces_the_papers_jpeg_rows_at_qf10(shared_data, folder, expected):
+    """DATA.md (and the paper's Tables 1 and 2), to the printed decimals."""
+    measured = _jpeg_row(sorted((shared_data / "test" / folder).glob("*.png")), 10)
+    assert round(measured[0], 2) == expected[0]
+    assert round(measured[1], 3) == expected[1]
+    assert round(measured[2], 2) == expected[2]
