@@ -56,7 +56,7 @@ def to_chw_float(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) or (H, W, C) -> float32 (C, H, W) in [0, 1]."""
     if image.ndim == 2:
         image = image[..., None]
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(255)  # copy: decoded arrays are read-only
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""The training data pipeline: quality, crops and flips, reproducibility, bad files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from d2lnet.data import JPEGTrainSet, JPEGValidationSet, QualitySampler, StepSampler
+from d2lnet.jpeg import decompress, estimate_quality
+from d2lnet.metrics import rgb_to_y
+
+
+def _write_images(folder: Path, count: int = 3, size: tuple[int, int] = (48, 40)) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    images = []
+    for i in range(count):
+        y, x = np.mgrid[0 : size[0], 0 : size[1]]
+        image = np.stack([(x * (i + 3)) % 256, (y * 7) % 256, rng.integers(0, 256, size)], axis=-1).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"img{i}.png")
+        images.append(image)
+    return images
+
+
+def test_samples_really_carry_their_quality(tmp_path):
+    _write_images(tmp_path)
+    data = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(low=5, high=95), seed=1)
+    seen = set()
+    for index in range(30):
+        clean, degraded, qf = data.sample(index)
+        encoded = data.encoded(index)
+        assert estimate_quality(encoded) == qf  # read back from the bytes' quantization tables
+        np.testing.assert_array_equal(decompress(encoded), degraded)
+        assert 5 <= qf <= 95 and clean.shape == degraded.shape == (16, 16, 3)
+        seen.add(qf)
+    assert len(seen) > 10
+    item = data[0]
+    assert item["lq"].shape == item["gt"].shape == (3, 16, 16) and item["qf"] == data.sample(0)[2]
+
+
+def test_quality_choices_and_mixture():
+    rng = np.random.default_rng(0)
+    choices = QualitySampler(choices=(10, 20, 30))
+    assert {choices(rng) for _ in range(200)} == {10, 20, 30}
+    mixed = QualitySampler(choices=(10,), low=50, high=60, choice_prob=0.5)
+    draws = [mixed(rng) for _ in range(400)]
+    assert set(draws) <= {10, *range(50, 61)}
+    assert 0.4 < draws.count(10) / len(draws) < 0.6
+    with pytest.raises(ValueError):
+        QualitySampler(choices=(0,))
+    with pytest.raises(ValueError):
+        QualitySampler(low=60, high=50)
+
+
+def test_crops_are_the_8_flips_and_rotations_of_the_source(tmp_path):
+    """With the crop as large as the image, each clean sample is one of its 8 dihedral transforms."""
+    (image,) = _write_images(tmp_path, count=1, size=(16, 16))
+    transforms = [np.rot90(image, k) for k in range(4)] + [np.rot90(image, k)[:, ::-1] for k in range(4)]
+    data = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(choices=(50,)))
+    found = set()
+    for index in range(64):
+        clean = data.sample(index)[0]
+        matches = [i for i, t in enumerate(transforms) if np.array_equal(clean, t)]
+        assert len(matches) == 1
+        found.add(matches[0])
+    assert found == set(range(8))
+
+
+def test_crops_without_augmentation_are_pieces_of_the_image(tmp_path):
+    (image,) = _write_images(tmp_path, count=1, size=(40, 48))
+    data = JPEGTrainSet([tmp_path], crop=24, quality=QualitySampler(choices=(50,)), augment=False)
+    for index in range(5):
+        clean = data.sample(index)[0]
+        hits = [(t, l) for t in range(17) for l in range(25) if np.array_equal(image[t : t + 24, l : l + 24], clean)]
+        assert hits
+
+
+def test_gray_mode_is_the_protocol_y_channel(tmp_path):
+    (image,) = _write_images(tmp_path, count=1, size=(16, 16))
+    data = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(choices=(50,)), gray=True, augment=False)
+    clean, degraded, _ = data.sample(0)
+    np.testing.assert_array_equal(clean, rgb_to_y(image))
+    assert degraded.ndim == 2 and data[0]["lq"].shape == (1, 16, 16)
+
+
+def test_samples_are_reproducible_across_workers(tmp_path):
+    _write_images(tmp_path)
+    data = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(low=5, high=95), rescale=(0.5, 1.0), seed=3)
+    again = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(low=5, high=95), rescale=(0.5, 1.0), seed=3)
+    other = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(low=5, high=95), rescale=(0.5, 1.0), seed=4)
+    assert all(np.array_equal(data.sample(i)[1], again.sample(i)[1]) for i in range(6))
+    assert not all(np.array_equal(data.sample(i)[1], other.sample(i)[1]) for i in range(6))
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(data, batch_size=4, sampler=StepSampler(4, 0, 3), num_workers=workers)
+        batches[workers] = torch.cat([b["lq"] for b in loader])
+    torch.testing.assert_close(batches[0], batches[2], rtol=0, atol=0)
+
+
+def test_step_sampler_splits_ranks_and_resumes():
+    whole = list(StepSampler(batch_size=2, start_step=0, steps=4))
+    assert whole == list(range(8))
+    assert list(StepSampler(batch_size=2, start_step=2, steps=4)) == whole[4:]
+    rank0 = list(StepSampler(2, 0, 3, rank=0, world_size=2))
+    rank1 = list(StepSampler(2, 0, 3, rank=1, world_size=2))
+    assert rank0 == [0, 1, 4, 5, 8, 9] and rank1 == [2, 3, 6, 7, 10, 11]
+
+
+def test_unreadable_images_are_reported_by_name_and_skipped(tmp_path, capsys):
+    _write_images(tmp_path, count=1)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("this is not an image")
+    good = (tmp_path / "img0.png").read_bytes()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "full.jpg", quality=90)
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    (tmp_path / "full.jpg").unlink()
+    assert good
+    data = JPEGTrainSet([tmp_path], crop=16, quality=QualitySampler(choices=(30,)))
+    errors = capsys.readouterr().err
+    for name in ("empty.png", "text.jpg", "truncated.jpg"):
+        assert name in errors
+    assert [p.name for p in data.files] == ["img0.png"]
+    assert {p.name for p, _ in data.skipped} == {"empty.png", "text.jpg", "truncated.jpg"}
+
+
+def test_validation_set_is_fixed(tmp_path):
+    _write_images(tmp_path, count=2)
+    val = JPEGValidationSet(tmp_path, qualities=[10, 40], crop=32)
+    assert len(val) == 4
+    item = val[1]
+    assert item["qf"] == 40 and item["gt"].shape == (3, 32, 32)
+    torch.testing.assert_close(val[1]["lq"], JPEGValidationSet(tmp_path, qualities=[10, 40], crop=32)[1]["lq"])
