@@ -17,19 +17,37 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         "restore",
         help="remove JPEG artifacts from images",
         description="Restore JPEG-compressed images. The quality factor is read from each JPEG file; "
-        "colour images go to the colour model and grey ones to the grey model.",
+        "colour images go to the colour model and grey ones to the grey model. Grey stays grey, alpha is "
+        "kept as is, EXIF orientation is applied, and the ICC profile and EXIF are kept. Inputs and existing "
+        "outputs are never overwritten (unless --overwrite, for outputs). A file that fails is reported in "
+        "one line and the others go on; the exit status is 1 if any failed. Under torchrun each process "
+        "restores every N-th file on its own GPU.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
-    p.add_argument("-o", "--output", required=True, help="output file (for one input) or folder")
-    p.add_argument("--model", default=None, help="bundled model name or weights file (default: by image type)")
-    p.add_argument("--quality", default="auto", help="JPEG quality factor 1-100, or 'auto' to read it from the file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff) or globs")  # fmt: skip
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (for one input file, e.g. out.png) or folder (created; mirrors the sub-folders of folder inputs)")  # fmt: skip
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="bundled model name or weights file, for every image (default: the bundled colour "
+                   "model for colour images, the grey one for grey images; a colour model restores grey images "
+                   "as RGB and converts back, a grey model restores the luma of colour images)")  # fmt: skip
+    p.add_argument("--quality", default="auto", metavar="auto|N",
+                   help="JPEG quality factor 1-100 for every image, or 'auto' (default): read from each JPEG file's "
+                   "quantization tables; for other formats the quality is unknown and the blind model uses its "
+                   "learned unknown-quality embedding")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="bf16/fp16 need CUDA")
-    p.add_argument("--tile", default="auto", help="tile size in pixels (multiple of 8), 0 for whole images, or auto")
+    p.add_argument("--tile", default="auto", metavar="auto|0|N",
+                   help="tile size in pixels (multiple of 8), 0 for whole images, or auto (whole images while "
+                   "memory allows); a whole image that runs out of memory is retried in tiles")  # fmt: skip
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (multiple of 8)")
-    p.add_argument("--ext", default="png", choices=["png", "webp", "jpg"], help="output format")
+    p.add_argument("--ext", default="png", choices=["png", "webp", "jpg"],
+                   help="output format: png and webp are lossless (webp stores grey as RGB), "
+                   "jpg is quality 95 with 4:4:4 chroma and drops alpha")  # fmt: skip
     p.add_argument("--suffix", default="", help="appended to each output file name before the extension")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
+    p.add_argument("--max-megapixels", type=float, default=200.0, metavar="MP",
+                   help="refuse larger images before decoding them (default: 200)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.set_defaults(func=_run_restore)
 
@@ -44,17 +62,24 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="measure PSNR, SSIM and PSNR-B on test sets",
-        description="Evaluate a model (or the JPEG baseline) with the paper's protocol.",
+        description="Evaluate models (or the JPEG baseline) with the paper's protocol: each ground truth is "
+        "JPEG-compressed at each --quality and every method restores that same JPEG. --suite paper runs the "
+        "paper's Tables 1 and 2 beside its reported numbers.",
     )
-    p.add_argument("--model", nargs="+", default=None, help="bundled model names, weights files, or 'jpeg' (no restoration)")
+    p.add_argument("--model", nargs="+", default=None, help="bundled model names, weights files, or 'jpeg' (no restoration); "
+                   "default: the bundled model for the mode (for --suite: both)")  # fmt: skip
     p.add_argument("--data", nargs="+", default=None, metavar="DIR", help="folders of ground-truth images")
     p.add_argument("--quality", nargs="+", type=int, default=[10, 20, 30], help="JPEG quality factors")
     p.add_argument("--gray", action="store_true", help="evaluate the grey (BT.601 Y) versions")
     p.add_argument("--suite", choices=["paper"], default=None, help="run the paper's Tables 1 and 2")
-    p.add_argument("--data-root", default=None, help="folder holding the test sets (for --suite)")
-    p.add_argument("--json", default=None, help="write per-image and mean results as JSON")
-    p.add_argument("--markdown", default=None, help="write the tables as Markdown")
-    p.add_argument("--save-images", default=None, metavar="DIR", help="save restored images here")
+    p.add_argument("--data-root", default=None, help="folder holding the test sets (for --suite; "
+                   "default: $D2LNET_DATA/test or ../shared/data/test)")  # fmt: skip
+    p.add_argument("--json", default=None, metavar="FILE", help="write the config, per-image and mean results as JSON")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown")
+    p.add_argument("--save-images", default=None, metavar="DIR", help="save restored images as DIR/<set>/<qf>/<name>.png")
+    p.add_argument("--crops", default=None, metavar="DIR", help="save JPEG | restored | ground-truth centre crops (2x) of a few images")
+    p.add_argument("--plot-qf", default=None, metavar="FILE", help="sweep QF 5 to 95 (instead of --quality) and plot "
+                   "mean PSNR to FILE (PNG, needs matplotlib), with the numbers beside it (.json, .md)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tile", default="auto", help="tile size in pixels, 0 for whole images, or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")

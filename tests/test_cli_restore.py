@@ -1,0 +1,424 @@
+"""``d2lnet restore`` end to end, in-process on small images with tiny models.
+
+Most tests use a D2LNet whose output convolutions are zeroed, which makes it the exact
+identity map: the expected output pixels are then the input's, computed independently
+of the code under test (with Pillow and numpy).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+import d2lnet.pretrained
+import d2lnet.restore as restore_module
+from d2lnet.cli import main
+from d2lnet.images import ImageError, read_image
+from d2lnet.model import D2LNet, build
+from d2lnet.pretrained import save_release
+from d2lnet.restore import launch_env, parse_quality, parse_tile, plan_jobs, rank_device, shard
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Release files: "identity" (colour), "identity-gray", and "busy" (colour, a non-trivial map)."""
+    folder = tmp_path_factory.mktemp("cli-weights")
+    paths = {}
+    for name, channels, std in (("identity", 3, 0.0), ("identity-gray", 1, 0.0), ("busy", 3, 0.05)):
+        torch.manual_seed(3)
+        model = build("d2lnet-xs", in_channels=channels)
+        for conv in (model.sam.to_image, model.refine[-1], model.refine_out[-1]):
+            for p in (conv.weight, conv.bias):
+                torch.nn.init.normal_(p, std=std) if std else torch.nn.init.zeros_(p)
+        paths[name] = save_release(model, folder / f"{name}.safetensors", {"name": name})
+    return paths
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny images gain nothing from threads, and on a shared CPU OpenMP threads waiting on each
+    other slow PyTorch down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo what a run changes in the process, and run outside torchrun."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, list[str]]:
+    """Run ``d2lnet restore ARGV``; returns the exit status, stdout, and the lines of stderr."""
+    rc = main(["restore", *map(str, argv)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err.splitlines()
+
+
+def image(h: int = 24, w: int = 40, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A smooth uint8 test image (so that JPEG keeps it recognisable)."""
+    y, x = np.mgrid[0:h, 0:w]
+    planes = [128 + 100 * np.sin(x / (3.0 + c) + y / (5.0 + seed)) for c in range(channels)]
+    return np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.uint8).squeeze()
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (and holds no pixels): a decompression bomb's front."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_fail_one_line_each_and_the_rest_go_on(tmp_path: Path, capsys, weights) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(image()).save(src / "good.png")
+    (src / "empty.jpg").write_bytes(b"")
+    jpeg = io.BytesIO()
+    Image.fromarray(image(64, 64)).save(jpeg, "JPEG", quality=90)
+    (src / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (src / "text.jpg").write_text("this is not an image\n")
+    Image.fromarray(image()).convert("CMYK").save(src / "cmyk.jpg")
+    Image.fromarray(image(channels=1).astype(np.uint16) * 200).save(src / "deep.png")
+    Image.fromarray(image()).convert("P").save(src / "palette.png")
+    (src / "huge.png").write_bytes(png_header_only(20000, 20000))
+    reasons = {
+        "empty.jpg": "empty file",
+        "truncated.jpg": "truncated",
+        "text.jpg": "not an image",
+        "cmyk.jpg": "convert it to RGB first",
+        "deep.png": "16-bit",
+        "palette.png": "palette",
+        "huge.png": "too large",
+    }
+
+    rc, stdout, err = run(capsys, src, "-o", out, "--model", weights["identity"])
+
+    assert rc == 1
+    assert len(err) == len(reasons), err
+    for name, reason in reasons.items():
+        (line,) = [line for line in err if name in line]
+        assert reason in line, line
+    assert "Traceback" not in "\n".join(err)
+    assert files_under(out) == {"good.png"}  # nothing partial, no temporary files
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "good.png")), image())
+    assert "restored 1 image" in stdout and "7 failed" in stdout
+
+
+def test_truncated_file_fails_at_read_time(tmp_path: Path) -> None:
+    jpeg = io.BytesIO()
+    Image.fromarray(image(64, 64)).save(jpeg, "JPEG", quality=90)
+    (tmp_path / "t.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        read_image(tmp_path / "t.jpg")
+
+
+def test_max_megapixels(tmp_path: Path, capsys, weights) -> None:
+    Image.fromarray(image(64, 64)).save(tmp_path / "a.png")  # 0.004 megapixels
+    Image.fromarray(image(8, 8)).save(tmp_path / "b.png")  # 0.000064 megapixels
+    rc, _, err = run(capsys, tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out",
+                     "--model", weights["identity"], "--max-megapixels", 0.001)  # fmt: skip
+    assert rc == 1 and len(err) == 1 and "a.png" in err[0] and "too large" in err[0]
+    assert files_under(tmp_path / "out") == {"b.png"}
+
+
+def test_unwritable_output_folder(tmp_path: Path, capsys, weights) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    Image.fromarray(image()).save(src / "a" / "x.png")
+    Image.fromarray(image()).save(src / "b" / "y.png")
+    out.mkdir()
+    (out / "b").write_text("a file where the output folder b should be")  # root can write anywhere; not here
+    rc, _, err = run(capsys, src, "-o", out, "--model", weights["identity"])
+    assert rc == 1
+    assert len(err) == 1 and "y.png" in err[0] and "cannot write" in err[0]
+    assert files_under(out) == {"a/x.png", "b"}
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    Image.fromarray(image()).save(tmp_path / "a.png")
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"half an image")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out", "--model", weights["identity"])
+    assert rc == 1 and len(err) == 1 and "No space left on device" in err[0]
+    assert files_under(tmp_path / "out") == set()
+
+
+def test_missing_inputs_and_models(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    Image.fromarray(image()).save(tmp_path / "a.png")
+    rc, _, err = run(capsys, tmp_path / "nope.png", tmp_path / "*.webp", tmp_path / "a.png", "-o", tmp_path / "out",
+                     "--model", weights["identity"])  # fmt: skip
+    assert rc == 1 and len(err) == 2 and "no such file" in err[0] and "no image files match" in err[1]
+    assert files_under(tmp_path / "out") == {"a.png"}
+
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out2", "--model", tmp_path / "missing.safetensors")
+    assert rc == 1 and len(err) == 1 and "cannot load model" in err[0]
+
+    # The bundled default is not installed: one line that says to pass --model.
+    monkeypatch.setattr(d2lnet.pretrained, "WEIGHTS_DIR", tmp_path / "no-weights")
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out3")
+    assert rc == 1 and len(err) == 1 and "--model" in err[0]
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+@pytest.mark.parametrize("argv", [["--quality", "0"], ["--quality", "101"], ["--quality", "high"], ["--tile", "100"],
+                                  ["--tile", "-8"], ["--threads", "0"], ["--precision", "bf16", "--device", "cpu"]])  # fmt: skip
+def test_bad_arguments(tmp_path: Path, capsys, weights, argv: list[str]) -> None:
+    Image.fromarray(image()).save(tmp_path / "a.png")
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out", "--model", weights["identity"], *argv)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("d2lnet restore: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parse_quality_and_tile() -> None:
+    assert parse_quality("auto") is None and parse_quality("1") == 1 and parse_quality("100") == 100
+    assert parse_tile("auto") == "auto" and parse_tile("0") is None and parse_tile("256") == 256
+
+
+# --------------------------------------------------------------------------- what is kept
+
+
+def test_modes_are_kept_and_alpha_carried(tmp_path: Path, capsys, weights) -> None:
+    rgb, grey = image(), image(channels=1)
+    alpha = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (24, 1))
+    inputs = {"l.png": grey, "la.png": np.dstack([grey, alpha]), "rgb.png": rgb, "rgba.png": np.dstack([rgb, alpha])}
+    for name, array in inputs.items():
+        Image.fromarray(array).save(tmp_path / name)
+    for model in ("identity", "identity-gray"):  # each restores the other kind through the conversions
+        out = tmp_path / f"out-{model}"
+        rc, _, err = run(capsys, *(tmp_path / name for name in inputs), "-o", out, "--model", weights[model])
+        assert rc == 0, err
+        for name, array in inputs.items():
+            restored = Image.open(out / name)
+            assert restored.mode == Image.fromarray(array).mode
+            expected = array
+            if model == "identity-gray" and array.ndim == 3 and array.shape[2] >= 3:
+                # A grey model restores the luma of colour images: identity on Y is a YCbCr round trip.
+                expected = np.asarray(Image.fromarray(array[..., :3]).convert("YCbCr").convert("RGB"))
+                restored_alpha = np.asarray(restored)[..., 3:]
+                np.testing.assert_array_equal(restored_alpha, array[..., 3:])
+                restored = np.asarray(restored)[..., :3]
+            np.testing.assert_array_equal(np.asarray(restored), expected)
+
+
+def test_default_models_by_mode_loaded_once(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    monkeypatch.setattr(restore_module, "DEFAULT_COLOR", str(weights["identity"]))
+    monkeypatch.setattr(restore_module, "DEFAULT_GRAY", str(weights["identity-gray"]))
+    loaded, channels_seen = [], []
+    load, forward = restore_module.load_model, D2LNet.forward
+    monkeypatch.setattr(restore_module, "load_model", lambda name: loaded.append(Path(name).stem) or load(name))
+    monkeypatch.setattr(D2LNet, "forward", lambda self, x, qf=None: channels_seen.append(x.shape[1]) or forward(self, x, qf))
+    for i in range(2):
+        Image.fromarray(image(seed=i)).save(tmp_path / f"c{i}.png")
+        Image.fromarray(image(channels=1, seed=i)).save(tmp_path / f"g{i}.png")
+    rc, _, err = run(capsys, *sorted(tmp_path.glob("*.png")), "-o", tmp_path / "out")
+    assert rc == 0, err
+    assert loaded == ["identity", "identity-gray"]
+    assert channels_seen == [3, 3, 1, 1]  # c0, c1, g0, g1: grey images to the grey model
+
+
+def test_exif_orientation_applied_icc_and_exif_kept(tmp_path: Path, capsys, weights) -> None:
+    array = image(24, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    exif[0x010F] = "TestCam"  # Make
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(array).save(tmp_path / "photo.png", exif=exif.tobytes(), icc_profile=icc)
+    Image.fromarray(array).save(tmp_path / "photo.jpg", exif=exif.tobytes(), icc_profile=icc, quality=95)
+    for source in ("photo.png", "photo.jpg"):
+        upright = np.rot90(np.asarray(Image.open(tmp_path / source)), k=-1)  # clockwise; Image.open does not rotate
+        for ext in ("png", "webp", "jpg"):
+            out = tmp_path / f"out-{Path(source).suffix[1:]}-{ext}"
+            rc, _, err = run(capsys, tmp_path / source, "-o", out, "--model", weights["identity"], "--ext", ext)
+            assert rc == 0, err
+            with Image.open(out / f"photo.{ext}") as restored:
+                assert restored.size == (24, 40)
+                assert restored.info.get("icc_profile") == icc
+                tags = restored.getexif()
+                assert tags.get(0x010F) == "TestCam" and tags.get(0x0112) == 1
+                if ext != "jpg":  # lossless output: exact pixels
+                    np.testing.assert_array_equal(np.asarray(restored), upright)
+                else:
+                    assert np.abs(np.asarray(restored).astype(int) - upright).mean() < 2
+
+
+def test_jpg_output_drops_alpha_with_a_warning(tmp_path: Path, capsys, weights) -> None:
+    Image.fromarray(np.dstack([image(), np.full((24, 40), 128, np.uint8)])).save(tmp_path / "a.png")
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out", "--model", weights["identity"], "--ext", "jpg")
+    assert rc == 0 and len(err) == 1 and "a.png" in err[0] and "alpha" in err[0]
+    with Image.open(tmp_path / "out" / "a.jpg") as restored:
+        assert restored.mode == "RGB" and restored.size == (40, 24)
+        assert [(h, v) for _, h, v, _ in restored.layer] == [(1, 1)] * 3  # 4:4:4: no chroma subsampling
+
+
+# --------------------------------------------------------------------------- quality factor
+
+
+def test_quality_is_read_from_jpeg_files_and_overridden(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    seen = []
+    forward = D2LNet.forward
+    monkeypatch.setattr(D2LNet, "forward", lambda self, x, qf=None: seen.append(qf) or forward(self, x, qf))
+    Image.fromarray(image()).save(tmp_path / "a.jpg", quality=23)
+    Image.fromarray(image(channels=1)).save(tmp_path / "b.jpg", quality=77)
+    Image.fromarray(image()).save(tmp_path / "c.png")
+    inputs = [tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.png"]
+    rc, _, err = run(capsys, *inputs, "-o", tmp_path / "out", "--model", weights["busy"])
+    assert rc == 0, err
+    assert seen == [23, 77, None]  # the QFs the files were saved with; PNG: unknown
+    seen.clear()
+    rc, _, err = run(capsys, *inputs, "-o", tmp_path / "out", "--model", weights["busy"], "--quality", "50", "--overwrite")
+    assert rc == 0, err
+    assert seen == [50, 50, 50]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_never_overwrites_without_overwrite(tmp_path: Path, capsys, weights) -> None:
+    Image.fromarray(image()).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"precious")
+    rc, stdout, err = run(capsys, tmp_path / "a.png", "-o", out, "--model", weights["identity"])
+    assert rc == 0 and len(err) == 1 and "skipped" in err[0] and "--overwrite" in err[0]
+    assert (out / "a.png").read_bytes() == b"precious" and "1 skipped" in stdout
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", out, "--model", weights["identity"], "--overwrite")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), image())
+
+
+def test_inputs_are_never_overwritten(tmp_path: Path, capsys, weights) -> None:
+    Image.fromarray(image()).save(tmp_path / "a.png")
+    Image.fromarray(image(seed=1)).save(tmp_path / "b.jpg")
+    before = {name: (tmp_path / name).read_bytes() for name in ("a.png", "b.jpg")}
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "a.png", "--model", weights["identity"], "--overwrite")
+    assert rc == 1 and len(err) == 1 and "input file" in err[0]
+    rc, _, err = run(capsys, tmp_path, "-o", tmp_path, "--model", weights["identity"], "--overwrite")
+    assert rc == 1 and len(err) == 1 and "a.png" in err[0] and "input file" in err[0]
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert (tmp_path / "b.png").is_file()  # b.jpg's output, beside it
+
+
+def test_two_inputs_with_one_output_name(tmp_path: Path, capsys, weights) -> None:
+    Image.fromarray(image(seed=1)).save(tmp_path / "x.jpg", quality=30)
+    Image.fromarray(image(seed=2)).save(tmp_path / "x.png")
+    rc, _, err = run(capsys, tmp_path / "x.jpg", tmp_path / "x.png", "-o", tmp_path / "out", "--model", weights["identity"])
+    assert rc == 1 and len(err) == 1 and "x.png" in err[0] and "also the output of" in err[0]
+    decoded_jpeg = np.asarray(Image.open(tmp_path / "x.jpg"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), decoded_jpeg)
+
+
+def test_folder_structure_single_file_suffix_and_ext(tmp_path: Path, capsys, weights) -> None:
+    src = tmp_path / "in"
+    for folder in ("sub/deeper", ".hidden"):
+        (src / folder).mkdir(parents=True)
+    Image.fromarray(image()).save(src / "a.png")
+    Image.fromarray(image()).save(src / "sub" / "b.JPG", format="JPEG")
+    Image.fromarray(image()).save(src / "sub" / "deeper" / "c.webp", lossless=True)
+    Image.fromarray(image()).save(src / ".hidden" / "d.png")  # hidden folders are left alone
+    (src / "sub" / "notes.txt").write_text("not an image, and not looked at")
+    rc, _, err = run(capsys, src, "-o", tmp_path / "out", "--model", weights["identity"], "--suffix", "_r", "--ext", "webp")
+    assert rc == 0, err
+    assert files_under(tmp_path / "out") == {"a_r.webp", "sub/b_r.webp", "sub/deeper/c_r.webp"}
+
+    rc, _, err = run(capsys, src / "a.png", "-o", tmp_path / "single.jpg", "--model", weights["identity"])
+    assert rc == 0 and (tmp_path / "single.jpg").is_file()
+    with Image.open(tmp_path / "single.jpg") as written:
+        assert written.format == "JPEG"
+
+    rc, _, err = run(capsys, src / "a.png", src / "sub", "-o", tmp_path / "two.png", "--model", weights["identity"])
+    assert rc == 2 and len(err) == 1 and "exactly one input file" in err[0]
+
+
+def test_deterministic_across_runs(tmp_path: Path, capsys, weights) -> None:
+    Image.fromarray(image(48, 72)).save(tmp_path / "a.jpg", quality=20)
+    for run_name in ("one", "two"):
+        rc, _, err = run(capsys, tmp_path / "a.jpg", "-o", tmp_path / run_name, "--model", weights["busy"],
+                           "--tile", "32", "--overlap", "8")  # fmt: skip
+        assert rc == 0, err
+    assert (tmp_path / "one" / "a.png").read_bytes() == (tmp_path / "two" / "a.png").read_bytes()
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def test_shard_and_launch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert shard(list(range(10)), 1, 3) == [1, 4, 7]
+    assert sorted(sum((shard(list(range(10)), r, 3) for r in range(3)), [])) == list(range(10))
+    assert launch_env() == (0, 1, None)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert launch_env() == (3, 4, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert rank_device("auto", 1) == rank_device("cuda", 1) == "cuda:1"
+    assert rank_device("cuda:0", 1) == "cuda:0" and rank_device("cpu", 1) == "cpu"
+    assert rank_device("auto", None) == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rank_device("auto", 1) == "auto"
+
+
+def test_ranks_split_the_files(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(image(seed=i)).save(src / f"{i}.png")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    written = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        out = tmp_path / f"out{rank}"
+        rc, stdout, err = run(capsys, src, "-o", out, "--model", weights["identity"])
+        assert rc == 0, err
+        assert stdout.startswith(f"[rank {rank}/2] restored {3 - rank} images")
+        written.append(files_under(out))
+    assert written == [{"0.png", "2.png", "4.png"}, {"1.png", "3.png"}]
+    assert plan_jobs([str(src)], str(tmp_path / "o"))[1].source.name == "1.png"  # sorted order
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed")
+def test_torchrun_two_processes(tmp_path: Path, weights) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(image(seed=i)).save(src / f"{i}.png")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "d2lnet", "restore", str(src), "-o", str(tmp_path / "out"),
+               "--model", str(weights["identity"]), "--device", "cpu", "--threads", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.skip("torchrun took over 120 s on this (busy) machine")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[rank 0/2] restored 2 images" in result.stdout and "[rank 1/2] restored 2 images" in result.stdout
+    assert files_under(tmp_path / "out") == {f"{i}.png" for i in range(4)}

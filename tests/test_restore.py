@@ -1,0 +1,265 @@
+"""The inference engine and the Python API: tiling, blending, memory fallback, determinism, restore_image.
+
+References are independent of the code under test: hand-computed tile layouts and
+weights, a point-wise stand-in model whose exact output is known, and a D2LNet whose
+output convolutions are zeroed, which makes it the exact identity map.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import d2lnet
+import d2lnet.restore as restore_module
+from d2lnet.model import D2LNet, D2LNetConfig, build
+from d2lnet.restore import FALLBACK_TILE, Restorer, blend_ramp, is_out_of_memory, restore_image, tile_layout
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny images gain nothing from threads, and on a shared CPU OpenMP threads waiting on each
+    other slow PyTorch down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(mode: str, channels: int = 3) -> D2LNet:
+    """A d2lnet-xs whose three image-producing convs are zero ("identity": X_out2 = X_in
+    exactly) or random ("busy": a non-trivial restoration)."""
+    torch.manual_seed(3)
+    model = build("d2lnet-xs", in_channels=channels)
+    for conv in (model.sam.to_image, model.refine[-1], model.refine_out[-1]):
+        for p in (conv.weight, conv.bias):
+            torch.nn.init.zeros_(p) if mode == "identity" else torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+class _Output(NamedTuple):
+    out1: torch.Tensor
+    out2: torch.Tensor
+
+
+class PointwiseModel(torch.nn.Module):
+    """Stands in for a D2LNet: out2 = sigmoid(3x - 1), pixel by pixel, so any tiling gives the same pixels.
+
+    ``max_side`` makes inputs larger than that raise the CPU allocator's out-of-memory error.
+    """
+
+    def __init__(self, channels: int = 3, max_side: int | None = None) -> None:
+        super().__init__()
+        self.config = D2LNetConfig(in_channels=channels, width=8, depth=3)
+        self.max_side = max_side
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor, qf=None) -> _Output:
+        self.calls.append(tuple(x.shape))
+        if self.max_side is not None and max(x.shape[-2:]) > self.max_side:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
+        y = torch.sigmoid(3 * x - 1)
+        return _Output(y, y)
+
+
+def pointwise_reference(image: np.ndarray) -> np.ndarray:
+    """What PointwiseModel restores ``image`` to, computed in numpy."""
+    y = 1 / (1 + np.exp(-(3 * image.astype(np.float64) / 255 - 1)))
+    return np.round(y * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- tiles and blending
+
+
+def test_tile_layout_hand_computed() -> None:
+    # Tiles of 8 overlapping by 4 step by 4; enough of them to cover the side, padded to fit.
+    assert tile_layout(20, 8, 4) == ([0, 4, 8, 12], 20)
+    assert tile_layout(21, 8, 4) == ([0, 4, 8, 12, 16], 24)
+    assert tile_layout(5, 8, 4) == ([0], 8)
+    assert tile_layout(1000, 256, 32) == ([0, 224, 448, 672, 896], 1152)
+    assert tile_layout(256, 256, 32) == ([0], 256)
+
+
+def test_blend_ramp_hand_computed() -> None:
+    ramp = [0.125, 0.375, 0.625, 0.875]  # (i + 0.5) / 4
+    assert blend_ramp(8, 4, True, True).tolist() == ramp + ramp[::-1]
+    assert blend_ramp(8, 4, False, True).tolist() == [1.0] * 4 + ramp[::-1]
+    assert blend_ramp(8, 4, True, False).tolist() == ramp + [1.0] * 4
+    assert blend_ramp(8, 0, True, True).tolist() == [1.0] * 8
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(45, 16, 8), (61, 16, 8), (100, 32, 16), (300, 64, 32)])
+def test_blend_weights_sum_to_one(size: int, tile: int, overlap: int) -> None:
+    starts, padded = tile_layout(size, tile, overlap)
+    total = np.zeros(padded)
+    for s in starts:
+        total[s : s + tile] += blend_ramp(tile, overlap, s > 0, s + tile < padded).numpy()
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    assert all(s % 8 == 0 for s in starts)  # on the JPEG grid
+
+
+def test_tiled_matches_pointwise_reference(rgb_image: np.ndarray) -> None:
+    model = PointwiseModel()
+    restored = Restorer(model, "cpu", tile=16, overlap=8, tile_batch=3).restore(rgb_image)
+    assert len(model.calls) > 1 and all(shape[-2:] == (16, 16) for shape in model.calls)
+    np.testing.assert_array_equal(restored, pointwise_reference(rgb_image))
+
+
+def test_tile_larger_than_image_equals_whole(rgb_image: np.ndarray) -> None:
+    model = tiny_model("busy")
+    whole = Restorer(model, "cpu", tile=None).restore(rgb_image, 30)
+    tiled = Restorer(model, "cpu", tile=64, overlap=16).restore(rgb_image, 30)
+    np.testing.assert_array_equal(tiled, whole)
+    assert np.abs(whole.astype(int) - rgb_image).max() > 0  # the model does something
+
+
+def test_whole_image_out_of_memory_falls_back_to_tiles() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    model = PointwiseModel(max_side=64)
+    restored = Restorer(model, "cpu", tile=None, overlap=8).restore(image)
+    assert model.calls[0][-2:] == (100, 90)  # tried whole first
+    assert all(shape[-2:] == (64, 64) for shape in model.calls[1:])  # then FALLBACK_TILE halved to fit
+    np.testing.assert_array_equal(restored, pointwise_reference(image))
+
+
+def test_other_errors_are_not_taken_for_out_of_memory() -> None:
+    class Broken(PointwiseModel):
+        def forward(self, x, qf=None):
+            raise RuntimeError("expected input of shape (B, 3, H, W)")
+
+    with pytest.raises(RuntimeError, match="expected input"):
+        Restorer(Broken(), "cpu").restore(np.zeros((100, 90, 3), np.uint8))
+
+
+def test_is_out_of_memory() -> None:
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("memory"))
+
+
+def test_auto_tile_follows_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    restorer = Restorer(tiny_model("identity"), "cpu", tile="auto")
+    monkeypatch.setattr(restore_module, "available_memory", lambda device: 10**15)
+    assert restorer.tile_for(1000, 1000) is None
+    monkeypatch.setattr(restore_module, "available_memory", lambda device: 0)
+    assert restorer.tile_for(1000, 1000) == FALLBACK_TILE
+    assert restorer.tile_for(100, 100) is None  # smaller than one tile: whole anyway
+
+
+def test_restorer_validates_arguments() -> None:
+    model = tiny_model("identity")
+    for kwargs in ({"tile": 20}, {"tile": 64, "overlap": 40}, {"tile": "big"}, {"precision": "bf16"}):
+        with pytest.raises(ValueError):
+            Restorer(model, "cpu", **kwargs)
+
+
+def test_deterministic(rgb_image: np.ndarray) -> None:
+    first = Restorer(tiny_model("busy"), "cpu", tile=None).restore(rgb_image, 20)
+    second = Restorer(tiny_model("busy"), "cpu", tile=None).restore(rgb_image, 20)
+    tiled = [Restorer(tiny_model("busy"), "cpu", tile=16, overlap=8).restore(rgb_image, 20) for _ in range(2)]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(tiled[0], tiled[1])
+
+
+# --------------------------------------------------------------------------- restore_image
+
+
+def test_restore_image_pil_and_numpy_identity(rgb_image: np.ndarray) -> None:
+    model = tiny_model("identity")
+    out = restore_image(Image.fromarray(rgb_image), model)
+    assert isinstance(out, Image.Image) and out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), rgb_image)
+    out = d2lnet.restore_image(rgb_image, model)
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, rgb_image)
+
+
+def test_restore_image_keeps_shape_mode_and_alpha(rgb_image: np.ndarray) -> None:
+    model = tiny_model("identity")  # colour: grey inputs take the replicate-and-back path, exactly
+    grey = rgb_image[..., 1]
+    alpha = np.tile(np.arange(61, dtype=np.uint8)[None] * 4, (45, 1))
+    cases = [grey, grey[..., None], np.dstack([grey, alpha]), np.dstack([rgb_image, alpha])]
+    for array in cases:
+        out = restore_image(array, model)
+        assert out.shape == array.shape
+        np.testing.assert_array_equal(out, array)
+    for mode, array in (("L", cases[0]), ("LA", cases[2]), ("RGBA", cases[3])):
+        image = Image.fromarray(array)
+        out = restore_image(image, model)
+        assert image.mode == out.mode == mode
+        np.testing.assert_array_equal(np.asarray(out), array)
+
+
+def test_grey_model_restores_luma_of_colour_images(rgb_image: np.ndarray) -> None:
+    out = restore_image(Image.fromarray(rgb_image), tiny_model("identity", channels=1))
+    # An identity on Y leaves what a YCbCr round trip leaves.
+    expected = Image.fromarray(rgb_image).convert("YCbCr").convert("RGB")
+    assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+
+
+def test_colour_model_restores_grey_images_through_rgb(rgb_image: np.ndarray) -> None:
+    restorer = Restorer(tiny_model("busy"), "cpu")
+    grey = rgb_image[..., 1]
+    rgb = restorer.restore(np.repeat(grey[..., None], 3, axis=2)).astype(np.int64)
+    assert (rgb[..., 0] != rgb[..., 2]).any()  # the channels come out different: the way back matters
+    # ITU-R 601-2 luma in Pillow's fixed point: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16.
+    expected = (rgb @ np.array([19595, 38470, 7471]) + 32768) >> 16
+    np.testing.assert_array_equal(restore_image(grey, restorer), expected)
+
+
+def test_restore_image_model_kinds(tiny_weights, rgb_image: np.ndarray) -> None:
+    from d2lnet.pretrained import load_model
+
+    by_path = restore_image(rgb_image, str(tiny_weights["color"]), quality=40, device="cpu")
+    by_model = restore_image(rgb_image, load_model(tiny_weights["color"]), quality=40)
+    by_restorer = restore_image(rgb_image, Restorer(load_model(tiny_weights["color"]), "cpu"), quality=40)
+    np.testing.assert_array_equal(by_path, by_model)
+    np.testing.assert_array_equal(by_path, by_restorer)
+
+
+def test_restore_image_default_model_by_channels(monkeypatch: pytest.MonkeyPatch, rgb_image: np.ndarray) -> None:
+    asked: list[str] = []
+
+    def fake_load(name, device="cpu"):
+        asked.append(name)
+        return tiny_model("identity", channels=1 if "gray" in name else 3)
+
+    monkeypatch.setattr(restore_module, "load_model", fake_load)
+    restore_image(rgb_image[..., 0])
+    restore_image(Image.fromarray(rgb_image).convert("RGBA"))
+    assert asked == ["d2lnet-s-gray", "d2lnet-s-color"]
+
+
+def test_restore_image_passes_quality(monkeypatch: pytest.MonkeyPatch, rgb_image: np.ndarray, tmp_path) -> None:
+    seen = []
+    forward = D2LNet.forward
+    monkeypatch.setattr(D2LNet, "forward", lambda self, x, qf=None: seen.append(qf) or forward(self, x, qf))
+    model = tiny_model("identity")
+    restore_image(rgb_image, model, quality=37)
+    restore_image(rgb_image, model)
+    Image.fromarray(rgb_image).save(tmp_path / "q33.jpg", quality=33)
+    with Image.open(tmp_path / "q33.jpg") as opened:
+        restore_image(opened, model)  # read from the file it was opened from
+    assert seen == [37, None, 33]
+
+
+def test_restore_image_rejects_bad_input(rgb_image: np.ndarray) -> None:
+    model = tiny_model("identity")
+    with pytest.raises(TypeError, match="uint8"):
+        restore_image(rgb_image.astype(np.float32), model)
+    with pytest.raises(ValueError, match="convert it to RGB first"):
+        restore_image(Image.fromarray(rgb_image).convert("CMYK"), model)
+    with pytest.raises(ValueError, match="palette"):
+        restore_image(Image.fromarray(rgb_image).convert("P"), model)
+    with pytest.raises(ValueError, match="1 to 100"):
+        restore_image(rgb_image, model, quality=0)
+    with pytest.raises(TypeError):
+        restore_image(io.BytesIO(), model)
