@@ -42,11 +42,11 @@ from d2lnet import __version__, jpeg
 from d2lnet.metrics import psnr, psnrb, rgb_to_y, ssim
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import DEFAULT_COLOR, DEFAULT_GRAY, PRETRAINED, load_model
-from d2lnet.restore import Restorer, auto_tile, resolve_device
+from d2lnet.restore import Restorer, TileSpec, UsageError, resolve_device
+from d2lnet.restore import parse_tile as parse_restore_tile
 
 Scores = tuple[float, float, float]  # PSNR (dB), SSIM, PSNR-B (dB)
 Mode = Literal["color", "gray"]
-TileSpec = int | None | Literal["auto"]  # pixels, whole images, or per image by restore.auto_tile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -156,7 +156,11 @@ class Method:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     tile: TileSpec = "auto"
     source: str | None = None  # what --model named: a bundled name or a file
-    _restorers: dict[int | None, Restorer] = field(default_factory=dict, init=False, repr=False)
+    restorer: Restorer | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            self.restorer = Restorer(self.model, self.device, tile=self.tile)
 
     @property
     def is_baseline(self) -> bool:
@@ -179,13 +183,7 @@ class Method:
 
     def restore(self, image: np.ndarray, quality: int) -> np.ndarray:
         """The method's output for a decoded JPEG compressed at ``quality``."""
-        if self.model is None:
-            return image
-        h, w = image.shape[:2]
-        tile = auto_tile(self.model, h, w, self.device) if self.tile == "auto" else self.tile
-        if tile not in self._restorers:  # one engine per tile size: --tile auto can vary by image
-            self._restorers[tile] = Restorer(self.model, self.device, tile=tile)
-        return self._restorers[tile].restore(image, quality)
+        return image if self.restorer is None else self.restorer.restore(image, quality)
 
     def describe(self) -> dict:
         """What the JSON records about the method."""
@@ -216,15 +214,10 @@ def load_methods(specs: Iterable[str], device: torch.device, tile: TileSpec) -> 
 
 def parse_tile(value: str | int | None) -> TileSpec:
     """``--tile``: ``auto``, ``0`` (whole images) or a size in pixels (a multiple of 8)."""
-    if value is None or str(value) == "auto":
-        return "auto"
     try:
-        tile = int(value)
-    except ValueError:
-        raise EvalError(f"--tile must be auto, 0 or a number of pixels, got {value!r}") from None
-    if tile < 0 or tile % 8:
-        raise EvalError(f"--tile must be 0 or a positive multiple of 8, got {tile}")
-    return tile or None
+        return parse_restore_tile("auto" if value is None else str(value))
+    except UsageError as error:
+        raise EvalError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- evaluation
