@@ -265,16 +265,14 @@ def validate(model: D2LNet, dataset: JPEGValidationSet, device: torch.device) ->
 def plot_log(log_path: str | Path, png_path: str | Path) -> bool:
     """Plot the training loss and the validation PSNR from a ``log.jsonl``; False without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global figure state
     except ImportError:
         return False
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val"]["psnr"], r["val"]["psnr_jpeg"]) for r in records if "val" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    axes = fig.subplots(1, 2)
     if train:
         steps, losses = zip(*train)
         axes[0].plot(steps, losses, lw=0.8)
@@ -285,9 +283,7 @@ def plot_log(log_path: str | Path, png_path: str | Path) -> bool:
         axes[1].plot(steps, psnr_jpeg, ls="--", label="JPEG input")
         axes[1].set(xlabel="step", ylabel="PSNR (dB)", title="validation")
         axes[1].legend()
-    fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
     return True
 
 
