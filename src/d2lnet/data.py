@@ -20,10 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from d2lnet import jpeg
+from d2lnet.images import IMAGE_EXTENSIONS
 from d2lnet.metrics import rgb_to_y
-
-IMAGE_EXTENSIONS = {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
 
 def list_images(folders: Sequence[str | Path]) -> list[Path]:
     """All image files under ``folders`` (recursively), sorted for reproducibility."""

@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw, features
 from tqdm import tqdm
 
 from d2lnet import __version__, jpeg
+from d2lnet.images import IMAGE_EXTENSIONS
 from d2lnet.metrics import psnr, psnrb, rgb_to_y, ssim
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import DEFAULT_COLOR, DEFAULT_GRAY, PRETRAINED, load_model
@@ -49,7 +50,6 @@ Scores = tuple[float, float, float]  # PSNR (dB), SSIM, PSNR-B (dB)
 Mode = Literal["color", "gray"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DECIMALS: Scores = (2, 3, 2)  # as the paper prints PSNR, SSIM and PSNR-B
 JPEG_METHOD = "JPEG"  # the baseline's name in results: the decoded JPEG, not restored
 PLOT_QUALITIES = tuple(range(5, 100, 5))
@@ -134,9 +134,9 @@ def image_set(folder: str | Path, gray: bool, paper_set: str | None = None) -> I
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalError(f"no such folder: {folder}")
-    paths = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    paths = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
     if not paths:
-        raise EvalError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise EvalError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     with Image.open(paths[0]) as first:
         from_color = first.mode != "L"
     if not gray and not from_color:
