@@ -26,6 +26,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test models and images are tiny: one thread is fastest, and on a shared CPU (a training
+    run beside the tests) OpenMP threads waiting on each other slow PyTorch down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Release files of untrained d2lnet-xs models, colour and grey."""

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageCms
+from helpers import tiny_model
 
 import d2lnet.pretrained
 import d2lnet.restore as restore_module
 from d2lnet.cli import main
 from d2lnet.images import ImageError, read_image
-from d2lnet.model import D2LNet, build
+from d2lnet.model import D2LNet
 from d2lnet.pretrained import save_release
 from d2lnet.restore import launch_env, parse_quality, parse_tile, plan_jobs, rank_device, shard
 
@@ -34,24 +35,10 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Release files: "identity" (colour), "identity-gray", and "busy" (colour, a non-trivial map)."""
     folder = tmp_path_factory.mktemp("cli-weights")
     paths = {}
-    for name, channels, std in (("identity", 3, 0.0), ("identity-gray", 1, 0.0), ("busy", 3, 0.05)):
-        torch.manual_seed(3)
-        model = build("d2lnet-xs", in_channels=channels)
-        for conv in (model.sam.to_image, model.refine[-1], model.refine_out[-1]):
-            for p in (conv.weight, conv.bias):
-                torch.nn.init.normal_(p, std=std) if std else torch.nn.init.zeros_(p)
-        paths[name] = save_release(model, folder / f"{name}.safetensors", {"name": name})
+    for name, kind, channels in (("identity", "identity", 3), ("identity-gray", "identity", 1), ("busy", "busy", 3)):
+        paths[name] = save_release(tiny_model(kind, channels), folder / f"{name}.safetensors", {"name": name})
     return paths
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny images gain nothing from threads, and on a shared CPU OpenMP threads waiting on each
-    other slow PyTorch down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

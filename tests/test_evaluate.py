@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,6 @@ from d2lnet.restore import Restorer
 
 CELL = r"\d+\.\d{2} / \d\.\d{3} / \d+\.\d{2}"  # PSNR / SSIM / PSNR-B at the paper's decimals
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the CPU may be busy training (2 threads can be 100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def independent_ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -30,3 +30,13 @@ def test_phase_loss_wraps_around_the_circle():
     e = np.arctan((np.sqrt(3) / 2 * 0.01) / 1.005)
     assert phase_loss(out, gt, norm="backward").item() == pytest.approx(2 * e / 2, rel=1e-3)
     assert phase_loss(out, gt, norm="backward", wrap=False).item() == pytest.approx((2 * np.pi - 2 * e) / 2, rel=1e-3)
+
+
+def test_total_is_eq_22_with_alpha_005():
+    """L = L_spa(X_out2) + 0.05 (L_amp(X_out1) + L_pha(X_out2)): each term on the right output."""
+    x1, x2, gt = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    terms = D2LLoss()(x1, x2, gt)
+    expected = spatial_loss(x2, gt) + 0.05 * (amplitude_loss(x1, gt) + phase_loss(x2, gt))
+    assert terms.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms.amplitude.item() == pytest.approx(amplitude_loss(x1, gt).item())
+    assert D2LLoss()(gt, gt, gt).total.item() == pytest.approx(0.0, abs=1e-6)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_model
 
 from d2lnet import model as model_module
 from d2lnet.model import CONFIGS, AmplitudeCorrectionBlock, D2LNet, D2LNetConfig, PhaseCorrectionBlock, build
@@ -47,16 +48,8 @@ def test_every_parameter_receives_a_gradient():
     assert not missing, f"parameters without gradient: {missing}"
 
 
-def _trained_like(net: D2LNet) -> D2LNet:
-    """Give the zero-initialised output convs weights, so the network is not the identity."""
-    with torch.no_grad():
-        for conv in (net.sam.to_image, net.refine[-1], net.refine_out[-1]):
-            conv.weight.normal_(0, 0.05)
-    return net
-
-
 def test_domain_orders_compute_different_functions():
-    paper = _trained_like(build("d2lnet-xs", quality_conditioning=False))
+    paper = tiny_model("busy", quality_conditioning=False)
     released = D2LNet(D2LNetConfig(**{**paper.config.to_dict(), "domain_order": "released"}))
     released.load_state_dict(paper.state_dict())  # same parameters, different wiring
     assert isinstance(paper.stage1.encoder[0], AmplitudeCorrectionBlock)
@@ -79,7 +72,7 @@ def test_stage2_input_is_eq_13(monkeypatch):
     monkeypatch.setattr(model_module, "swap_amplitude", spy)
     x = torch.rand(1, 3, 16, 16)
     for order in ("paper", "released"):
-        net = _trained_like(build("d2lnet-xs", domain_order=order))
+        net = tiny_model("busy", domain_order=order)
         out1 = net(x).out1
         amplitude_from, phase_from = calls.pop()
         x_in, stage1 = (phase_from, amplitude_from) if order == "paper" else (amplitude_from, phase_from)
@@ -111,7 +104,7 @@ def test_correction_block_keeps_the_other_spectrum(block_cls, kept):
 
 
 def test_quality_input_changes_the_output_of_a_conditioned_model():
-    net = _trained_like(build("d2lnet-xs"))
+    net = tiny_model("busy")
     with torch.no_grad():  # make the modulation strong enough to see
         for m in net.modules():
             if isinstance(m, model_module.ChannelModulation):
@@ -126,7 +119,7 @@ def test_quality_input_changes_the_output_of_a_conditioned_model():
 
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32():
-    net = _trained_like(build("d2lnet-xs")).eval()
+    net = tiny_model("busy")
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
         reference = net(x, 20).out2
@@ -139,7 +132,7 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast(dtype):
-    net = _trained_like(build("d2lnet-xs")).cuda().eval()
+    net = tiny_model("busy").cuda()
     x = torch.rand(2, 3, 37, 21, device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
         out = net(x, 10).out2

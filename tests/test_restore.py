@@ -14,32 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from helpers import tiny_model
 
 import d2lnet
 import d2lnet.restore as restore_module
-from d2lnet.model import D2LNet, D2LNetConfig, build
+from d2lnet.model import D2LNet, D2LNetConfig
 from d2lnet.restore import FALLBACK_TILE, Restorer, blend_ramp, is_out_of_memory, restore_image, tile_layout
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny images gain nothing from threads, and on a shared CPU OpenMP threads waiting on each
-    other slow PyTorch down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(mode: str, channels: int = 3) -> D2LNet:
-    """A d2lnet-xs whose three image-producing convs are zero ("identity": X_out2 = X_in
-    exactly) or random ("busy": a non-trivial restoration)."""
-    torch.manual_seed(3)
-    model = build("d2lnet-xs", in_channels=channels)
-    for conv in (model.sam.to_image, model.refine[-1], model.refine_out[-1]):
-        for p in (conv.weight, conv.bias):
-            torch.nn.init.zeros_(p) if mode == "identity" else torch.nn.init.normal_(p, std=0.05)
-    return model.eval()
 
 
 class _Output(NamedTuple):

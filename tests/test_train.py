@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from d2lnet import train as train_module
 from d2lnet.data import JPEGTrainSet, QualitySampler
 from d2lnet.losses import D2LLoss
 from d2lnet.model import build

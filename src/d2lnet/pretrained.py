@@ -74,17 +74,27 @@ def _resolve(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"no pretrained model or file named {name!r}; bundled models: {', '.join(PRETRAINED)}")
 
 
-def model_card(name_or_path: str | Path) -> dict:
-    """The model card stored in a release file (or a training checkpoint's config)."""
-    path = _resolve(name_or_path)
+def _read(path: Path, weights: bool) -> tuple[D2LNetConfig, dict, dict[str, torch.Tensor]]:
+    """(config, card, state dict) of a release file, or of a training checkpoint (its EMA weights
+    when it has them); the state dict is empty unless ``weights``."""
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        if "d2lnet.card" not in metadata:
-            raise ValueError(f"{path} has no d2lnet model card in its metadata")
-        return json.loads(metadata["d2lnet.card"])
+            if "d2lnet.config" not in metadata:
+                raise ValueError(f"{path} is not a d2lnet release file (no config in its metadata)")
+            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
+        return config_from_dict(json.loads(metadata["d2lnet.config"])), json.loads(metadata.get("d2lnet.card", "{}")), state
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return {"name": path.stem, "config": checkpoint["config"], "step": checkpoint.get("step")}
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+        raise ValueError(f"{path} is not a d2lnet checkpoint")
+    card = {"name": path.stem, "config": checkpoint["config"], "step": checkpoint.get("step")}
+    state = (checkpoint.get("ema") or checkpoint["model"]) if weights else {}
+    return config_from_dict(checkpoint["config"]), card, state
+
+
+def model_card(name_or_path: str | Path) -> dict:
+    """The model card stored in a release file (or a training checkpoint's config and step)."""
+    return _read(_resolve(name_or_path), weights=False)[1]
 
 
 def load_model(name_or_path: str | Path = DEFAULT_COLOR, device: str | torch.device = "cpu") -> D2LNet:
@@ -93,22 +103,7 @@ def load_model(name_or_path: str | Path = DEFAULT_COLOR, device: str | torch.dev
 
     The model card is attached as ``model.card``.
     """
-    path = _resolve(name_or_path)
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if "d2lnet.config" not in metadata:
-                raise ValueError(f"{path} is not a d2lnet release file (no config in its metadata)")
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        config = config_from_dict(json.loads(metadata["d2lnet.config"]))
-        card = json.loads(metadata.get("d2lnet.card", "{}"))
-    else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict) or "config" not in checkpoint:
-            raise ValueError(f"{path} is not a d2lnet checkpoint")
-        config = config_from_dict(checkpoint["config"])
-        state = checkpoint.get("ema") or checkpoint["model"]
-        card = {"name": path.stem, "config": checkpoint["config"], "step": checkpoint.get("step")}
+    config, card, state = _read(_resolve(name_or_path), weights=True)
     model = D2LNet(config)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.card = card
