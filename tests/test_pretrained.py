@@ -1,0 +1,62 @@
+"""Loading weights by name or path, release files, and ``d2lnet models``."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_model
+
+import d2lnet.pretrained as pretrained
+from d2lnet.cli import main
+from d2lnet.pretrained import PRETRAINED, load_model, model_card, save_release
+
+
+def test_release_round_trip_is_the_fp16_model(tmp_path):
+    model = tiny_model("busy")
+    path = save_release(model, tmp_path / "m.safetensors", {"name": "m", "summary": "test"})
+    loaded = load_model(path)
+    assert loaded.config == model.config and not loaded.training
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=name)
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["name"] == "m" and card["config"]["width"] == 8 and loaded.card == card == model_card(path)
+
+
+def test_checkpoint_loads_its_ema_weights(tmp_path):
+    model, ema = tiny_model("busy", seed=1), tiny_model("busy", seed=2)
+    path = tmp_path / "last.pt"
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(), "step": 7}, path)
+    loaded = load_model(path)
+    torch.testing.assert_close(loaded.refine_out[-1].weight, ema.refine_out[-1].weight)
+    assert model_card(path)["step"] == 7
+
+
+def test_unknown_names_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="untrained configuration"):
+        load_model("d2lnet-paper")
+    with pytest.raises(FileNotFoundError, match="bundled models"):
+        load_model("no-such-model")
+    (tmp_path / "x.safetensors").write_bytes(b"junk")
+    with pytest.raises(Exception):
+        load_model(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_bundled_models_load_by_name(name):
+    if not (pretrained.WEIGHTS_DIR / PRETRAINED[name]).is_file():
+        pytest.skip(f"{name} is not bundled in this checkout")
+    model = load_model(name)
+    card = model.card
+    assert card["name"] == name and card["channels"] == model.config.in_channels
+    assert (pretrained.WEIGHTS_DIR / PRETRAINED[name]).stat().st_size <= 16 * 2**20
+
+
+def test_models_command_lists_the_cards(tmp_path, monkeypatch, capsys):
+    save_release(tiny_model(), tmp_path / "a.safetensors", {"name": "tiny-a", "summary": "a tiny model", "channels": 3})
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(pretrained, "PRETRAINED", {"tiny-a": "a.safetensors", "absent": "none.safetensors"})
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-a: a tiny model" in out and "channels: 3" in out and "absent" not in out
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "tiny-a"
