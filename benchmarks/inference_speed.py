@@ -6,8 +6,9 @@
 Writes ``benchmarks/results/inference_speed_<device>[_<precision>].json`` and ``.md``.
 Every configuration in ``d2lnet.model.CONFIGS`` runs with untrained weights (speed does
 not depend on them) through the engine, :class:`d2lnet.restore.Restorer`, on one
-768x512 RGB image: whole, and in 256-pixel tiles overlapping by 32 (12 tiles, which
-cover about twice the image's pixels). Each measurement is one warm-up on a 256x256
+768x512 RGB image: whole, and in tiles (``--tiles``, default 256 and 96, overlapping by
+32: the 256-pixel tiles cover about twice the image's pixels, the 96-pixel ones, the
+bundled models' training crop and default, about 2.6 times). Each measurement is one warm-up on a 256x256
 crop (one tile: the first call's one-off costs), then up to ``--repeats`` timed runs,
 fewer once ``--budget`` seconds are spent (always at least one); the median is reported.
 
@@ -32,7 +33,7 @@ from d2lnet.model import CONFIGS, build
 from d2lnet.restore import Restorer, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
-TILE, OVERLAP = 256, 32
+OVERLAP = 32
 
 
 def cpu_name() -> str:
@@ -48,7 +49,7 @@ def cpu_name() -> str:
 
 def measure(restorer: Restorer, image: torch.Tensor, quality: int | None, repeats: int, budget: float) -> list[float]:
     """Seconds per run of ``restorer`` on ``image``, after a warm-up on a 256x256 crop."""
-    restorer.restore_tensor(image[..., :TILE, :TILE], quality)
+    restorer.restore_tensor(image[..., :256, :256], quality)
     times: list[float] = []
     while len(times) < repeats and (not times or sum(times) < budget):
         start = time.perf_counter()
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--tiles", nargs="+", type=int, default=[256, 96], help="tile sizes to measure besides whole images")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, at most")
     parser.add_argument("--budget", type=float, default=40.0, help="seconds per measurement after which no run is added")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
@@ -82,13 +84,13 @@ def main() -> None:
     for name in args.configs:
         model = build(name)
         quality = 50 if model.config.quality_conditioning else None
-        for mode, tile in (("whole", None), ("tiled", TILE)):
+        for mode, tile in (("whole", None), *((f"tiled {t}", t) for t in args.tiles)):
             restorer = Restorer(model, device, args.precision, tile=tile, overlap=OVERLAP)
             times = measure(restorer, image, quality, args.repeats, args.budget)
             seconds = statistics.median(times)
             rows.append({"config": name, "mode": mode, "tile": tile, "runs": len(times), "seconds": round(seconds, 3),
                          "megapixels_per_second": round(megapixels / seconds, 4)})  # fmt: skip
-            print(f"{name:16s} {mode:5s} {megapixels / seconds:8.4f} MP/s  ({seconds:.2f} s, median of {len(times)})", flush=True)
+            print(f"{name:16s} {mode:9s} {megapixels / seconds:8.4f} MP/s  ({seconds:.2f} s, median of {len(times)})", flush=True)
         del model, restorer
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -104,7 +106,7 @@ def main() -> None:
         "loadavg_after": [round(x, 2) for x in load_after],
     }
     settings = {"device": str(device), "precision": args.precision, "image": [args.height, args.width],
-                "tile": TILE, "overlap": OVERLAP, "repeats": args.repeats, "budget_s": args.budget}  # fmt: skip
+                "tiles": args.tiles, "overlap": OVERLAP, "repeats": args.repeats, "budget_s": args.budget}  # fmt: skip
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine, "settings": settings,
               "note": args.note, "results": rows}  # fmt: skip
     stem = f"inference_speed_{device.type}" + ("" if args.precision == "fp32" else f"_{args.precision}")
@@ -121,20 +123,22 @@ def markdown(report: dict) -> str:
         f"# Inference speed: {s['device']}, {s['precision']}",
         "",
         f"{report['date']}; {m['device']} ({m['cpu_count']} CPUs), torch {m['torch']} with {threads}, Python {m['python']}.",
-        f"One {s['image'][1]}x{s['image'][0]} RGB image; tiled = tiles of {s['tile']} overlapping by {s['overlap']}. "
-        f"Median of up to {s['repeats']} runs after a warm-up (fewer once {s['budget_s']:g} s are spent); untrained weights.",
+        f"One {s['image'][1]}x{s['image'][0]} RGB image, whole and in tiles of {', '.join(map(str, s['tiles']))} pixels "
+        f"overlapping by {s['overlap']}. Median of up to {s['repeats']} runs after a warm-up (fewer once {s['budget_s']:g} s "
+        "are spent); untrained weights.",
         f"Load average (1, 5, 15 min) before: {m['loadavg_before']}, after: {m['loadavg_after']}. A load above the "
         f"number of CPUs means other processes shared them: then these are lower bounds.",
         *([report["note"]] if report["note"] else []),
         "",
-        "| configuration | whole: MP/s | whole: s | tiled: MP/s | tiled: s | runs (whole, tiled) |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
+    modes = list(dict.fromkeys(r["mode"] for r in report["results"]))
+    lines += ["| configuration | " + " | ".join(f"{mode}: MP/s | {mode}: s" for mode in modes) + " | runs |"]
+    lines += ["| --- |" + " ---: | ---: |" * len(modes) + " --- |"]
     by_key = {(r["config"], r["mode"]): r for r in report["results"]}
     for name in dict.fromkeys(r["config"] for r in report["results"]):
-        whole, tiled = by_key[name, "whole"], by_key[name, "tiled"]
-        cells = [f"{r['megapixels_per_second']:.4f} | {r['seconds']:.2f}" for r in (whole, tiled)]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {whole['runs']}, {tiled['runs']} |")
+        rows = [by_key[name, mode] for mode in modes]
+        cells = " | ".join(f"{r['megapixels_per_second']:.4f} | {r['seconds']:.2f}" for r in rows)
+        lines.append(f"| {name} | {cells} | {', '.join(str(r['runs']) for r in rows)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -158,3 +158,31 @@ def test_torchrun_two_processes(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     card = model_card(tmp_path / "ddp" / "release.safetensors")
     assert card["training"]["batch_size"] == 4 and card["training"]["steps"] == 3
+
+
+def test_sigterm_stops_with_a_checkpoint(image_folder, tmp_path):
+    """A scheduler's SIGTERM (or Ctrl-C) ends the run cleanly, checkpointing the step it reached."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "d2lnet", "train", str(REPO / "configs" / "smoke.toml"), "--out", str(out),
+        "--set", f'data.train=["{image_folder}"]', "--set", 'val.folder=""', "--set", "optim.steps=100000",
+        "--set", "run.log_every=1", "--set", "run.checkpoint_every=100000", "--set", "run.threads=1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "interrupted at step" in stderr
+    step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
+    last_logged = json.loads(log.read_text().splitlines()[-1])["step"]
+    assert step >= 3 and last_logged <= step <= last_logged + 1  # the signal may land between update and log

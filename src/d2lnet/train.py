@@ -9,7 +9,8 @@ The recipe is a TOML file with sections [model], [data], [val], [optim] and [run
 eq. (22); the optimiser is Adam with the paper's betas (Sec. 4.1), a linear
 warm-up and a cosine decay. A run folder holds ``config.json``, ``log.jsonl``
 (every logged step and validation), ``curves.png``, ``checkpoints/last.pt``
-(written atomically; ``--resume`` continues from it exactly) and, at the end,
+(written atomically; ``--resume`` continues from it exactly; Ctrl-C and SIGTERM stop the
+run with a checkpoint) and, at the end,
 ``release.safetensors``: the EMA weights in fp16 with a model card.
 """
 
@@ -20,7 +21,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -95,7 +98,9 @@ class OptimSection:
 class RunSection:
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # autocast on CUDA (FFTs stay fp32)
+    # "auto": bf16 autocast on CUDA, fp32 on the CPU; "bf16" also on the CPU (fast where it has
+    # AMX or AVX512-BF16, slow where it does not); "fp32" everywhere. FFTs always stay fp32.
+    precision: str = "auto"
     channels_last: bool = False
     threads: int = 0  # CPU threads (0: PyTorch's default)
     log_every: int = 50
@@ -150,6 +155,8 @@ class TrainConfig:
         self.quality_sampler()  # checks the quality factors
         if self.optim.steps <= 0 or self.optim.batch_size <= 0:
             raise ValueError("[optim] steps and batch_size must be positive")
+        if self.run.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"[run] precision must be auto, bf16 or fp32, got {self.run.precision!r}")
         if not 0 <= self.optim.ema < 1:
             raise ValueError(f"[optim] ema must be in [0, 1), got {self.optim.ema}")
 
@@ -332,7 +339,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, opt) / opt.lr)
     criterion = D2LLoss(opt.alpha, model.config.fft_norm)
-    use_bf16 = config.run.bf16 and device.type == "cuda"
+    use_bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda")
 
     # Resume: weights, optimiser, schedule, step and RNG states.
     step, elapsed, ckpt_path = 0, 0.0, out_dir / "checkpoints" / "last.pt"
@@ -392,6 +399,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         log.write(json.dumps(record) + "\n")
         log.flush()
 
+    def stop_on_sigterm(signum, frame) -> None:  # a scheduler's pre-emption: stop as Ctrl-C does
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be handled
+    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm) if in_main_thread else None
     start = time.monotonic()
     window_start, window_samples = start, 0
     stop_reason = "finished"
@@ -452,6 +464,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         stop_reason = "interrupted"
     finally:
         bar.close()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
     checkpoint()
     if main_process:
