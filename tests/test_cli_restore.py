@@ -178,7 +178,7 @@ def test_missing_inputs_and_models(tmp_path: Path, capsys, weights, monkeypatch)
 
 
 @pytest.mark.parametrize("argv", [["--quality", "0"], ["--quality", "101"], ["--quality", "high"], ["--tile", "100"],
-                                  ["--tile", "-8"], ["--threads", "0"], ["--precision", "bf16", "--device", "cpu"]])  # fmt: skip
+                                  ["--tile", "-8"], ["--threads", "0"], ["--precision", "fp16", "--device", "cpu"]])  # fmt: skip
 def test_bad_arguments(tmp_path: Path, capsys, weights, argv: list[str]) -> None:
     Image.fromarray(image()).save(tmp_path / "a.png")
     rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out", "--model", weights["identity"], *argv)

@@ -136,9 +136,21 @@ def test_auto_tile_follows_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_restorer_validates_arguments() -> None:
     model = tiny_model("identity")
-    for kwargs in ({"tile": 20}, {"tile": 64, "overlap": 40}, {"tile": "big"}, {"precision": "bf16"}):
+    for kwargs in ({"tile": 20}, {"tile": 64, "overlap": 40}, {"tile": "big"}, {"precision": "fp16"}, {"precision": "half"}):
         with pytest.raises(ValueError):
             Restorer(model, "cpu", **kwargs)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, rgb_image) -> None:
+    monkeypatch.setattr(restore_module, "cpu_has_native_bf16", lambda: False)
+    assert Restorer(tiny_model(), "cpu").precision == "fp32"
+    monkeypatch.setattr(restore_module, "cpu_has_native_bf16", lambda: True)
+    assert Restorer(tiny_model(), "cpu").precision == "bf16"
+    assert Restorer(tiny_model(), "cpu", precision="fp32").precision == "fp32"
+    # bf16 autocast moves the output by a few percent of what the (random, busy) model changes
+    full = Restorer(tiny_model("busy"), "cpu", precision="fp32").restore(rgb_image, 20).astype(int)
+    low = Restorer(tiny_model("busy"), "cpu", precision="bf16").restore(rgb_image, 20).astype(int)
+    assert np.abs(full - low).mean() < 0.05 * np.abs(full - rgb_image).mean()
 
 
 def test_deterministic(rgb_image: np.ndarray) -> None:

@@ -36,7 +36,10 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
                    "quantization tables; for other formats the quality is unknown and the blind model uses its "
                    "learned unknown-quality embedding")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="bf16/fp16 need CUDA")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32; fp16 needs CUDA",
+    )  # fmt: skip
     p.add_argument("--tile", default="auto", metavar="auto|0|N",
                    help="tile size in pixels (multiple of 8), 0 for whole images, or auto (whole images while "
                    "memory allows); a whole image that runs out of memory is retried in tiles")  # fmt: skip
@@ -82,6 +85,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    "mean PSNR to FILE (PNG, needs matplotlib), with the numbers beside it (.json, .md)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tile", default="auto", help="tile size in pixels, 0 for whole images, or auto")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+        help="as for restore: auto is bf16 on GPUs and on CPUs with native bf16, else fp32",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.set_defaults(func=_run_eval)
 

@@ -43,7 +43,7 @@ from d2lnet.images import IMAGE_EXTENSIONS
 from d2lnet.metrics import psnr, psnrb, rgb_to_y, ssim
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import DEFAULT_COLOR, DEFAULT_GRAY, PRETRAINED, load_model
-from d2lnet.restore import Restorer, TileSpec, UsageError, resolve_device
+from d2lnet.restore import Precision, Restorer, TileSpec, UsageError, resolve_device
 from d2lnet.restore import parse_tile as parse_restore_tile
 
 Scores = tuple[float, float, float]  # PSNR (dB), SSIM, PSNR-B (dB)
@@ -155,12 +155,13 @@ class Method:
     model: D2LNet | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     tile: TileSpec = "auto"
+    precision: Precision = "auto"
     source: str | None = None  # what --model named: a bundled name or a file
     restorer: Restorer | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.model is not None:
-            self.restorer = Restorer(self.model, self.device, tile=self.tile)
+            self.restorer = Restorer(self.model, self.device, self.precision, tile=self.tile)
 
     @property
     def is_baseline(self) -> bool:
@@ -189,10 +190,13 @@ class Method:
         """What the JSON records about the method."""
         if self.model is None:
             return {"name": self.name, "kind": "baseline: the decoded JPEG, not restored"}
-        return {"name": self.name, "source": self.source, "in_channels": self.channels, "card": getattr(self.model, "card", {})}
+        return {
+            "name": self.name, "source": self.source, "in_channels": self.channels, "precision": self.restorer.precision,
+            "card": getattr(self.model, "card", {}),
+        }  # fmt: skip
 
 
-def load_method(spec: str, device: torch.device, tile: TileSpec) -> Method:
+def load_method(spec: str, device: torch.device, tile: TileSpec, precision: Precision = "auto") -> Method:
     """``jpeg`` (the baseline), a bundled model name, or a weights file (.safetensors or .pt)."""
     if spec.lower() == "jpeg":
         return Method(JPEG_METHOD)
@@ -201,11 +205,11 @@ def load_method(spec: str, device: torch.device, tile: TileSpec) -> Method:
     except (FileNotFoundError, ValueError) as error:
         raise EvalError(f"cannot load model {spec!r}: {error}") from error
     name = spec if spec in PRETRAINED else Path(spec).stem
-    return Method(name, model, device, tile, source=spec)
+    return Method(name, model, device, tile, precision, source=spec)
 
 
-def load_methods(specs: Iterable[str], device: torch.device, tile: TileSpec) -> list[Method]:
-    methods = [load_method(spec, device, tile) for spec in specs]
+def load_methods(specs: Iterable[str], device: torch.device, tile: TileSpec, precision: Precision = "auto") -> list[Method]:
+    methods = [load_method(spec, device, tile, precision) for spec in specs]
     names = [m.name for m in methods]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise EvalError(f"two methods are named {', '.join(duplicates)}: give each model a distinct file name")
@@ -609,6 +613,7 @@ def run_paper_suite(
     model_specs: Sequence[str] | None,
     device: torch.device,
     tile: TileSpec = "auto",
+    precision: Precision = "auto",
     qualities: Sequence[int] = PAPER_QUALITIES,
     save_images: Path | None = None,
     crops: Path | None = None,
@@ -624,11 +629,11 @@ def run_paper_suite(
         methods = []
         for name in (DEFAULT_GRAY, DEFAULT_COLOR):
             try:
-                methods.append(load_method(name, device, tile))
+                methods.append(load_method(name, device, tile, precision))
             except EvalError:
                 notes.append(f"bundled model {name} is not installed: skipped.")
     else:
-        methods = [m for m in load_methods(model_specs, device, tile) if not m.is_baseline]
+        methods = [m for m in load_methods(model_specs, device, tile, precision) if not m.is_baseline]
     baseline = Method(JPEG_METHOD)
     run = SuiteRun([], [], [baseline, *methods], notes)
     for entry in PAPER_SUITE:
@@ -705,6 +710,7 @@ def run_eval(args: argparse.Namespace) -> None:
         "gray": args.gray,
         "device": str(device),
         "tile": args.tile,
+        "precision": args.precision,
         "threads": torch.get_num_threads(),
         "environment": environment(),
     }
@@ -713,7 +719,7 @@ def run_eval(args: argparse.Namespace) -> None:
         if args.data or plot:
             raise EvalError("--suite paper evaluates its own sets: use --data-root instead of --data, and no --plot-qf")
         data_root = find_data_root(args.data_root)
-        suite = run_paper_suite(data_root, args.model, device, tile, qualities, save_images, crops)
+        suite = run_paper_suite(data_root, args.model, device, tile, args.precision, qualities, save_images, crops)
         config |= {
             "data_root": str(data_root),
             "sets": {s.name: {"mode": s.mode, "images": len(s.paths), "paper_set": s.paper_set} for s in suite.sets},
@@ -730,7 +736,7 @@ def run_eval(args: argparse.Namespace) -> None:
     else:
         if not args.data:
             raise EvalError("give test sets with --data DIR [DIR ...], or --suite paper")
-        methods = load_methods(args.model or [DEFAULT_GRAY if args.gray else DEFAULT_COLOR], device, tile)
+        methods = load_methods(args.model or [DEFAULT_GRAY if args.gray else DEFAULT_COLOR], device, tile, args.precision)
         if plot and not any(m.is_baseline for m in methods):
             methods.insert(0, Method(JPEG_METHOD))  # the curves are read against the baseline
         for method in methods:  # fail before any work, not after the first set
