@@ -28,23 +28,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import cpu_name
 
 from d2lnet.model import CONFIGS, build
 from d2lnet.restore import Restorer, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 OVERLAP = 32
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(restorer: Restorer, image: torch.Tensor, quality: int | None, repeats: int, budget: float) -> list[float]:

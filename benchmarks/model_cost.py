@@ -15,15 +15,16 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import cpu_name
 from torch.utils.flop_counter import FlopCounterMode
 
 from d2lnet.model import CONFIGS, D2LNetConfig, build
+from d2lnet.restore import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = [(256, 256), (512, 768)]  # (H, W): a training crop and a LIVE1-sized photo
@@ -103,7 +104,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     args = parser.parse_args()
     device = torch.device(args.device)
-    precisions = {"fp32": None} if device.type == "cpu" else {"fp32": None, "bf16": torch.bfloat16}
+    native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    precisions = {"fp32": None, "bf16": torch.bfloat16} if native_bf16 else {"fp32": None}
 
     rows = []
     for name in args.configs:
@@ -118,16 +120,16 @@ def main() -> None:
             "released_unused_params": released_unused_parameters(model.config) if name in ("d2lnet-paper", "d2lnet-released") else None,
             "seconds": {},
         }
-        model.to(device)
+        model.to(device, memory_format=torch.channels_last)  # as the inference engine runs it
         for h, w in SIZES:
-            x = torch.rand(1, 3, h, w, device=device)
+            x = torch.rand(1, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
             for label, dtype in precisions.items():
                 row["seconds"][f"{h}x{w}_{label}"] = round(time_forward(model, x, dtype, args.runs), 4)
         rows.append(row)
         print(json.dumps(row))
 
     environment = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
@@ -143,7 +145,8 @@ def main() -> None:
         "",
         f"Device: {environment['device']}; PyTorch {environment['torch']}; {environment['threads']} threads; "
         f"1-minute load average at the end: {environment['load_average_1min']:.2f}. "
-        f"Forward pass of one RGB image with a quality factor, median of {args.runs} runs after a warm-up. "
+        f"Forward pass of one RGB image with a quality factor (channels-last), median of {args.runs} runs after a warm-up; "
+        "bf16 is autocast, measured where the device computes bf16 natively. "
         "GFLOPs count convolutions, matrix products and FFTs (2.5 N log2 N per real transform).",
         "",
         "| config | parameters | GFLOPs / megapixel | FFT share | " + " | ".join(f"{c} (s)" for c in columns) + " |",

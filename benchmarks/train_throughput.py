@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import cpu_name
 
 from d2lnet.losses import D2LLoss
 from d2lnet.model import CONFIGS, build
+from d2lnet.restore import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -78,7 +79,9 @@ def main() -> None:
     cuda = device.type == "cuda"
     batch = args.batch or (8 if cuda else 1)
     warmup, runs = args.warmup or (5 if cuda else 1), args.runs or (20 if cuda else 3)
-    variants = [(False, False), (True, False), (False, True), (True, True)] if cuda else [(False, False), (False, True)]
+    # bf16 autocast where the device computes it natively (CUDA; CPUs with AMX or AVX512-BF16)
+    native_bf16 = cuda or cpu_has_native_bf16()
+    variants = [(False, False), (False, True)] + ([(True, False), (True, True)] if native_bf16 else [])
 
     rows = []
     for name in args.configs:
@@ -88,7 +91,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     environment = {
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if cuda else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
