@@ -133,6 +133,7 @@ def test_release_is_fp16_with_a_card(image_folder, tmp_path):
     release = tmp_path / "run" / "release.safetensors"
     card = model_card(release)
     assert card["training"]["steps"] == 2 and card["config"]["width"] == 8
+    assert card["inference"]["tile"] == config.data.crop  # restore's tile=auto runs it on training-sized tiles
     from safetensors import safe_open
 
     with safe_open(str(release), framework="pt") as f:

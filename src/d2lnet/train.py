@@ -478,6 +478,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
                          "images_seen": step * opt.batch_size * world, "minutes": round(minutes, 1),
                          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
             "scores": {"validation": last_val, "validation_set": config.val.folder} if last_val else {},
+            # Models trained on crops score best when run on tiles of that size (README, "Whole image or tiles?").
+            "inference": {"tile": config.data.crop},
         }  # fmt: skip
         save_release(ema if ema is not None else model, out_dir / "release.safetensors", card)
         plot_log(out_dir / "log.jsonl", out_dir / "curves.png")
