@@ -1,7 +1,7 @@
 """Inference speed of each named D2LNet configuration, whole-image and tiled, in megapixels per second.
 
     python benchmarks/inference_speed.py                                # CPU, fp32
-    python benchmarks/inference_speed.py --device cuda --precision bf16
+    python benchmarks/inference_speed.py --precision bf16               # CPU with AMX/AVX512-BF16, or CUDA
 
 Writes ``benchmarks/results/inference_speed_<device>[_<precision>].json`` and ``.md``.
 Every configuration in ``d2lnet.model.CONFIGS`` runs with untrained weights (speed does
@@ -51,7 +51,7 @@ def measure(restorer: Restorer, image: torch.Tensor, quality: int | None, repeat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="bf16/fp16 need CUDA")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="fp16 needs CUDA; bf16 runs on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=768)
