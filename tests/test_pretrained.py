@@ -20,6 +20,7 @@ def test_release_round_trip_is_the_fp16_model(tmp_path):
         torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=name)
     card = json.loads((tmp_path / "m.json").read_text())
     assert card["name"] == "m" and card["config"]["width"] == 8 and loaded.card == card == model_card(path)
+    assert path.stat().st_mode & 0o777 == 0o644  # an ordinary file, not mkstemp's private 0600
 
 
 def test_checkpoint_loads_its_ema_weights(tmp_path):

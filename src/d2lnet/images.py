@@ -182,6 +182,7 @@ def write_image(
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format=fmt, **options)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); outputs are ordinary files
         os.replace(tmp, path)
     except OSError as error:
         raise ImageError(f"cannot write {path}: {error.strerror or error}") from None

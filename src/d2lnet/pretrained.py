@@ -48,6 +48,7 @@ def save_release(model: D2LNet, path: str | Path, card: dict) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); outputs are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
