@@ -15,14 +15,13 @@ removed if anything fails, so a crash never leaves a half-written image behind.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from d2lnet.atomic import atomic_write
 from d2lnet.jpeg import estimate_quality
 
 # Inputs found in folders and globs; a file named on the command line is tried whatever its name.
@@ -175,17 +174,7 @@ def write_image(
         raise ImageError(f"{path} exists (pass --overwrite to replace it)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden, in the destination folder: os.replace is only atomic within one filesystem.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise ImageError(f"cannot write to {path.parent}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             image.save(f, format=fmt, **options)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); outputs are ordinary files
-        os.replace(tmp, path)
     except OSError as error:
         raise ImageError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

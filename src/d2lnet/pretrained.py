@@ -8,15 +8,14 @@ self-describing; the card is also written beside it as JSON for people to read.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+import safetensors.torch
 
+from d2lnet.atomic import atomic_write
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -44,15 +43,8 @@ def save_release(model: D2LNet, path: str | Path, card: dict) -> Path:
     card = {**card, "config": model.config.to_dict()}
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {"d2lnet.config": json.dumps(model.config.to_dict()), "d2lnet.card": json.dumps(card)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); outputs are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        f.write(safetensors.torch.save(tensors, metadata=metadata))
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return path
 

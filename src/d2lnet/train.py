@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from d2lnet import metrics
+from d2lnet.atomic import atomic_write
 from d2lnet.data import JPEGTrainSet, JPEGValidationSet, QualitySampler, StepSampler
 from d2lnet.losses import D2LLoss
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig, build
@@ -209,16 +210,8 @@ def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` to a temporary file, flush it to disk, then rename it over ``path``:
     an interrupted write never damages the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, durable=True) as f:
+        torch.save(state, f)
 
 
 def rng_states() -> dict:

@@ -1,0 +1,34 @@
+"""Atomic file writes: outputs, release weights and checkpoints appear whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextmanager
+def atomic_write(path: str | Path, durable: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file to write ``path``'s content into; it replaces ``path`` only if the
+    block finishes. On any error the temporary file is removed and ``path`` is left as it was.
+
+    The temporary file is hidden in ``path``'s own folder, since a rename is atomic only within
+    one filesystem. ``durable`` flushes it to disk before the rename (for checkpoints, which a
+    crash must not lose).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); outputs are ordinary files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
