@@ -33,3 +33,10 @@ def test_failed_first_write_creates_nothing(tmp_path: Path) -> None:
             f.write(b"half")
             raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == []
+
+
+def test_missing_folders_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "out.bin"
+    with atomic_write(path) as f:
+        f.write(b"data")
+    assert path.read_bytes() == b"data"

@@ -14,12 +14,14 @@ from typing import BinaryIO
 def atomic_write(path: str | Path, durable: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file to write ``path``'s content into; it replaces ``path`` only if the
     block finishes. On any error the temporary file is removed and ``path`` is left as it was.
+    ``path``'s folder is created if missing.
 
     The temporary file is hidden in ``path``'s own folder, since a rename is atomic only within
     one filesystem. ``durable`` flushes it to disk before the rename (for checkpoints, which a
     crash must not lose).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

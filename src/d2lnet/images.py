@@ -173,7 +173,6 @@ def write_image(
     if path.exists() and not overwrite:
         raise ImageError(f"{path} exists (pass --overwrite to replace it)")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
             image.save(f, format=fmt, **options)
     except OSError as error:

@@ -11,9 +11,9 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
-import safetensors.torch
 
 from d2lnet.atomic import atomic_write
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig
@@ -39,7 +39,6 @@ def save_release(model: D2LNet, path: str | Path, card: dict) -> Path:
     """Write ``model`` as fp16 safetensors with its config and ``card`` in the header, and the card
     as JSON beside it (``NAME.json``). Written to a temporary file first, then renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     card = {**card, "config": model.config.to_dict()}
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {"d2lnet.config": json.dumps(model.config.to_dict()), "d2lnet.card": json.dumps(card)}

@@ -209,7 +209,6 @@ def lr_at(step: int, optim: OptimSection) -> float:
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` to a temporary file, flush it to disk, then rename it over ``path``:
     an interrupted write never damages the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, durable=True) as f:
         torch.save(state, f)
 
