@@ -133,3 +133,27 @@ def test_validation_set_is_fixed(tmp_path):
     item = val[1]
     assert item["qf"] == 40 and item["gt"].shape == (3, 32, 32)
     torch.testing.assert_close(val[1]["lq"], JPEGValidationSet(tmp_path, qualities=[10, 40], crop=32)[1]["lq"])
+
+
+def test_holdout_is_left_out_of_training_and_stable_when_folders_grow(tmp_path):
+    from d2lnet.data import list_images, split_holdout
+
+    _write_images(tmp_path / "a", count=3)
+    names = [tmp_path / "a" / f"n{i}.png" for i in range(400)]
+    train, held = split_holdout(names, 0.25)
+    assert 60 < len(held) < 140 and not set(train) & set(held) and len(train) + len(held) == 400
+    more = names + [tmp_path / "b" / f"m{i}.png" for i in range(400)]
+    train2, held2 = split_holdout(more, 0.25)
+    assert set(held) <= set(held2) and set(train) <= set(train2)  # adding images moves none
+    data = JPEGTrainSet([tmp_path / "a"], crop=16, quality=QualitySampler(choices=(50,)), holdout=0.5)
+    assert sorted(data.files) == sorted(split_holdout(list_images([tmp_path / "a"]), 0.5)[0])
+
+
+def test_mixed_crop_sizes_are_drawn_per_batch(tmp_path):
+    _write_images(tmp_path, size=(64, 72))
+    data = JPEGTrainSet([tmp_path], crop=[16, 32, 48], quality=QualitySampler(choices=(50,)), batch_size=4)
+    loader = DataLoader(data, batch_size=4, sampler=StepSampler(4, steps=12))
+    sizes = [batch["gt"].shape[-1] for batch in loader]  # stacking fails if a batch mixes sizes
+    assert set(sizes) == {16, 32, 48}
+    with pytest.raises(ValueError):
+        JPEGTrainSet([tmp_path], crop=[16, 20], quality=QualitySampler(choices=(50,)))

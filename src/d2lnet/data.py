@@ -9,6 +9,7 @@ would have seen (the sampler restarts at ``step * batch_size``).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,18 @@ def list_images(folders: Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"image folder not found: {folder}")
         files += [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return sorted(files)
+
+
+def split_holdout(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Split ``files`` into (training, held out): about ``fraction`` of them, chosen by a hash of the name.
+
+    Each file's membership depends on its name alone, so the split is the same in every run and
+    session, and adding folders or shards never moves a held-out image into training.
+    """
+    def held(path: Path) -> bool:
+        return int.from_bytes(hashlib.sha256(path.name.encode()).digest()[:8], "big") < fraction * 2**64
+
+    return [p for p in files if not held(p)], [p for p in files if held(p)]
 
 
 def load_rgb_or_gray(path: Path) -> np.ndarray:
@@ -88,12 +101,15 @@ class JPEGTrainSet(Dataset):
 
     Each item is a dict with ``lq`` (the decoded JPEG) and ``gt`` (the clean crop), float32
     (C, crop, crop) in [0, 1], and ``qf``, the quality factor the crop was compressed at.
+    With several crop sizes, each batch (``batch_size`` consecutive indices) draws one of
+    them, so that a batch stacks and the model sees the statistics of several image sizes.
     Indices are global sample numbers; epoch e visits every image once, in an order drawn
     from ``(seed, e)``. Unreadable images are reported by name on stderr and skipped.
 
     Args:
         folders: folders of clean images (searched recursively).
-        crop: side of the square crops (a multiple of 8, so the JPEG grid is the crop's).
+        crop: side of the square crops (a multiple of 8, so the JPEG grid is the crop's), or
+            several sides, one drawn per batch.
         quality: the :class:`QualitySampler` drawing each sample's quality factor.
         gray: train on the protocol's grey (BT.601 Y) images instead of RGB.
         rescale: ``(low, high)``: scale each crop's source region by a random factor in that
@@ -101,27 +117,33 @@ class JPEGTrainSet(Dataset):
         augment: apply one of the 8 flips/rotations at random.
         seed: the seed every sample is derived from.
         cache: keep decoded images in memory (about 3 bytes per pixel).
+        holdout: leave out this fraction of the images (:func:`split_holdout`), for validation.
+        batch_size: indices per batch, which share one crop size.
     """
 
     def __init__(
         self,
         folders: Sequence[str | Path],
-        crop: int,
+        crop: int | Sequence[int],
         quality: QualitySampler,
         gray: bool = False,
         rescale: tuple[float, float] | None = None,
         augment: bool = True,
         seed: int = 0,
         cache: bool = True,
+        holdout: float = 0.0,
+        batch_size: int = 1,
     ) -> None:
-        if crop % 8:
-            raise ValueError(f"crop must be a multiple of 8 (the JPEG block), got {crop}")
-        self.crop, self.quality, self.gray = crop, quality, gray
+        self.crops = (crop,) if isinstance(crop, int) else tuple(crop)
+        if not self.crops or any(c <= 0 or c % 8 for c in self.crops):
+            raise ValueError(f"crop sizes must be positive multiples of 8 (the JPEG block), got {crop}")
+        self.quality, self.gray, self.batch_size = quality, gray, batch_size
         self.rescale, self.augment, self.seed = rescale, augment, seed
         self.files: list[Path] = []
         self.images: list[np.ndarray] | None = [] if cache else None
         self.skipped: list[tuple[Path, str]] = []
-        for path in list_images(folders):
+        crop = max(self.crops)
+        for path in split_holdout(list_images(folders), holdout)[0]:
             try:
                 image = load_rgb_or_gray(path)
             except Exception as exc:  # any decoder error: report the file, keep going
@@ -141,6 +163,13 @@ class JPEGTrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def crop_for(self, index: int) -> int:
+        """The crop side of sample ``index``: drawn once per batch, from ``(seed, batch)``."""
+        if len(self.crops) == 1:
+            return self.crops[0]
+        batch = index // self.batch_size
+        return int(self.crops[np.random.default_rng([self.seed, batch, 2]).integers(len(self.crops))])
+
     def _image(self, i: int) -> np.ndarray:
         return self.images[i] if self.images is not None else to_mode(load_rgb_or_gray(self.files[i]), self.gray)
 
@@ -153,14 +182,15 @@ class JPEGTrainSet(Dataset):
         image = self._image(int(order[position]))
         h, w = image.shape[:2]
 
-        side = self.crop
+        crop = self.crop_for(index)
+        side = crop
         if self.rescale is not None:  # crop a region of side crop / scale, resize it to crop
             scale = rng.uniform(*self.rescale)
-            side = min(int(round(self.crop / scale)), h, w)
+            side = min(int(round(crop / scale)), h, w)
         top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         patch = image[top : top + side, left : left + side]
-        if side != self.crop:
-            patch = np.asarray(Image.fromarray(patch).resize((self.crop, self.crop), Image.Resampling.BICUBIC, reducing_gap=None))
+        if side != crop:
+            patch = np.asarray(Image.fromarray(patch).resize((crop, crop), Image.Resampling.BICUBIC, reducing_gap=None))
         if self.augment:  # one of the 8 elements of the dihedral group
             k = rng.integers(8)
             patch = np.rot90(patch, k % 4)
@@ -213,10 +243,17 @@ class JPEGValidationSet(Dataset):
     """
 
     def __init__(
-        self, folder: str | Path, qualities: Sequence[int], gray: bool = False, limit: int | None = None, crop: int | None = None
+        self,
+        source: str | Path | Sequence[Path],
+        qualities: Sequence[int],
+        gray: bool = False,
+        limit: int | None = None,
+        crop: int | None = None,
     ) -> None:
+        """``source``: a folder of ground-truth images, or a list of image files (a hold-out)."""
+        files = list_images([source]) if isinstance(source, (str, Path)) else list(source)
         self.items: list[tuple[str, int, np.ndarray, np.ndarray]] = []
-        for path in list_images([folder])[:limit]:
+        for path in files[:limit]:
             image = to_mode(load_rgb_or_gray(path), gray)
             if crop is not None:
                 h, w = image.shape[:2]

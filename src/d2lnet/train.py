@@ -37,10 +37,10 @@ from tqdm import tqdm
 
 from d2lnet import metrics
 from d2lnet.atomic import atomic_write
-from d2lnet.data import JPEGTrainSet, JPEGValidationSet, QualitySampler, StepSampler
+from d2lnet.data import JPEGTrainSet, JPEGValidationSet, QualitySampler, StepSampler, list_images, split_holdout
 from d2lnet.losses import D2LLoss
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig, build
-from d2lnet.pretrained import config_from_dict, load_model, save_release
+from d2lnet.pretrained import config_from_dict, load_model, model_card, save_release
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,7 +61,8 @@ class ModelSection:
 class DataSection:
     train: list[str] = field(default_factory=lambda: ["../shared/data/train"])
     gray: bool = False
-    crop: int = 256  # the paper's 256x256 patches (Sec. 4.1)
+    crop: int | list[int] = 256  # the paper's 256x256 patches (Sec. 4.1); a list: one size drawn per batch
+    holdout: float = 0.0  # fraction of the images left out of training, to validate on (see [val] folder)
     quality: list[int] = field(default_factory=lambda: [10, 20, 30])  # the paper's QFs
     quality_range: list[int] = field(default_factory=list)  # [low, high]: blind training
     quality_choice_prob: float = 0.0  # with both: chance of drawing from `quality`
@@ -73,7 +74,7 @@ class DataSection:
 
 @dataclass
 class ValSection:
-    folder: str = ""  # a folder of ground-truth images; empty disables validation
+    folder: str = ""  # a folder of ground-truth images; empty: the [data] holdout images (none: no validation)
     quality: list[int] = field(default_factory=lambda: [10])
     limit: int = 0  # at most this many images (0: all)
     crop: int = 0  # centre crop (0: whole images)
@@ -149,8 +150,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model.name not in CONFIGS:
             raise ValueError(f"[model] name {self.model.name!r} is not one of {', '.join(CONFIGS)}")
-        if self.data.crop % 8 or self.data.crop <= 0:
-            raise ValueError(f"[data] crop must be a positive multiple of 8, got {self.data.crop}")
+        if any(c % 8 or c <= 0 for c in self.crops):
+            raise ValueError(f"[data] crop must be positive multiples of 8, got {self.data.crop}")
         if len(self.data.quality_range) not in (0, 2) or len(self.data.rescale) not in (0, 2):
             raise ValueError("[data] quality_range and rescale take two numbers [low, high]")
         self.quality_sampler()  # checks the quality factors
@@ -160,6 +161,10 @@ class TrainConfig:
             raise ValueError(f"[run] precision must be auto, bf16 or fp32, got {self.run.precision!r}")
         if not 0 <= self.optim.ema < 1:
             raise ValueError(f"[optim] ema must be in [0, 1), got {self.optim.ema}")
+
+    @property
+    def crops(self) -> list[int]:
+        return [self.data.crop] if isinstance(self.data.crop, int) else list(self.data.crop)
 
     def quality_sampler(self) -> QualitySampler:
         low, high = self.data.quality_range or (None, None)
@@ -286,6 +291,34 @@ def plot_log(log_path: str | Path, png_path: str | Path) -> bool:
     return True
 
 
+def training_budget(config: TrainConfig, step: int, world: int, minutes: float, device: torch.device) -> dict:
+    """This run's budget, and the cumulative one when it fine-tunes a release that recorded its own."""
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    samples = step * config.optim.batch_size * world
+    budget = {
+        "steps": step, "batch_size": config.optim.batch_size * world, "crop": config.data.crop, "images_seen": samples,
+        "minutes": round(minutes, 1), "cpu_hours": round(minutes * threads * world / 60, 2),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }  # fmt: skip
+    before: dict = {}
+    if config.model.init_from:
+        previous = model_card(config.model.init_from).get("training", {})
+        # A card without a cumulative record started from scratch: its own budget is the total (the
+        # first bundled models, which predate cpu_hours, ran on one CPU thread each).
+        before = previous.get("cumulative") or {
+            "steps": previous.get("steps", 0), "images_seen": previous.get("images_seen", 0),
+            "cpu_hours": previous.get("cpu_hours", round(previous.get("minutes", 0) / 60, 2)),
+            "runs": [{"crop": previous.get("crop"), "steps": previous.get("steps", 0)}] if previous else [],
+        }  # fmt: skip
+    budget["cumulative"] = {
+        "steps": before.get("steps", 0) + step,
+        "images_seen": before.get("images_seen", 0) + samples,
+        "cpu_hours": round(before.get("cpu_hours", 0) + budget["cpu_hours"], 2),
+        "runs": [*before.get("runs", []), {"crop": config.data.crop, "steps": step}],
+    }
+    return budget
+
+
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """Rank, world size and device; joins the process group when run under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -351,8 +384,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
 
     # Data: samples are a function of (seed, index), so the sampler just restarts at `step`.
     dataset = JPEGTrainSet(
-        config.data.train, config.data.crop, config.quality_sampler(), config.data.gray,
+        config.data.train, config.crops, config.quality_sampler(), config.data.gray,
         tuple(config.data.rescale) or None, config.data.augment, config.run.seed, config.data.cache,
+        config.data.holdout, opt.batch_size,
     )  # fmt: skip
     sampler = StepSampler(opt.batch_size, step, opt.steps, rank, world)
     loader = DataLoader(
@@ -360,8 +394,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         pin_memory=device.type == "cuda", persistent_workers=config.data.workers > 0,
     )  # fmt: skip
     val_set = None
-    if main_process and config.val.folder:
-        val_set = JPEGValidationSet(config.val.folder, config.val.quality, config.data.gray, config.val.limit or None, config.val.crop or None)
+    val_source = config.val.folder or split_holdout(list_images(config.data.train), config.data.holdout)[1]
+    if main_process and val_source:
+        val_set = JPEGValidationSet(val_source, config.val.quality, config.data.gray, config.val.limit or None, config.val.crop or None)
 
     # Feedback: progress bar, JSONL log, optional TensorBoard.
     writer = None
@@ -466,12 +501,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         card = {
             "name": config.name, "summary": config.description, "channels": model.config.in_channels,
             "quality_range": config.data.quality_range or config.data.quality, "training_data": config.data.train,
-            "training": {"steps": step, "batch_size": opt.batch_size * world, "crop": config.data.crop,
-                         "images_seen": step * opt.batch_size * world, "minutes": round(minutes, 1),
-                         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-            "scores": {"validation": last_val, "validation_set": config.val.folder} if last_val else {},
+            "training": training_budget(config, step, world, minutes, device),
+            "scores": {"validation": last_val, "validation_set": config.val.folder or f"{config.data.holdout:.0%} of the training images, held out"} if last_val else {},
             # Models trained on crops score best when run on tiles of that size (README, "Whole image or tiles?").
-            "inference": {"tile": config.data.crop},
+            "inference": {"tile": max(config.crops)},
         }  # fmt: skip
         save_release(ema if ema is not None else model, out_dir / "release.safetensors", card)
         plot_log(out_dir / "log.jsonl", out_dir / "curves.png")
