@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from common import cpu_name
 
+from d2lnet.device import resolve_device
+from d2lnet.engine import Restorer
 from d2lnet.model import CONFIGS, build
-from d2lnet.restore import Restorer, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 OVERLAP = 32

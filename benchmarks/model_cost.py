@@ -23,8 +23,8 @@ import torch
 from common import cpu_name
 from torch.utils.flop_counter import FlopCounterMode
 
+from d2lnet.device import cpu_has_native_bf16
 from d2lnet.model import CONFIGS, D2LNetConfig, build
-from d2lnet.restore import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = [(256, 256), (512, 768)]  # (H, W): a training crop and a LIVE1-sized photo

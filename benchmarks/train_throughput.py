@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from common import cpu_name
 
+from d2lnet.device import cpu_has_native_bf16
 from d2lnet.losses import D2LLoss
 from d2lnet.model import CONFIGS, build
-from d2lnet.restore import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 

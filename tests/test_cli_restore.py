@@ -18,16 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms
 from helpers import tiny_model
+from PIL import Image, ImageCms
 
 import d2lnet.pretrained
 import d2lnet.restore as restore_module
+import d2lnet.restore_cli as restore_cli_module
 from d2lnet.cli import main
+from d2lnet.device import Launch, launch
+from d2lnet.engine import parse_tile
 from d2lnet.images import ImageError, read_image
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import save_release
-from d2lnet.restore import launch_env, parse_quality, parse_tile, plan_jobs, rank_device, shard
+from d2lnet.restore_cli import parse_quality, plan_jobs, shard
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +224,8 @@ def test_default_models_by_mode_loaded_once(tmp_path: Path, capsys, weights, mon
     monkeypatch.setattr(restore_module, "DEFAULT_COLOR", str(weights["identity"]))
     monkeypatch.setattr(restore_module, "DEFAULT_GRAY", str(weights["identity-gray"]))
     loaded, channels_seen = [], []
-    load, forward = restore_module.load_model, D2LNet.forward
-    monkeypatch.setattr(restore_module, "load_model", lambda name: loaded.append(Path(name).stem) or load(name))
+    load, forward = restore_cli_module.load_model, D2LNet.forward
+    monkeypatch.setattr(restore_cli_module, "load_model", lambda name: loaded.append(Path(name).stem) or load(name))
     monkeypatch.setattr(D2LNet, "forward", lambda self, x, qf=None: channels_seen.append(x.shape[1]) or forward(self, x, qf))
     for i in range(2):
         Image.fromarray(image(seed=i)).save(tmp_path / f"c{i}.png")
@@ -361,17 +364,17 @@ def test_deterministic_across_runs(tmp_path: Path, capsys, weights) -> None:
 def test_shard_and_launch_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shard(list(range(10)), 1, 3) == [1, 4, 7]
     assert sorted(sum((shard(list(range(10)), r, 3) for r in range(3)), [])) == list(range(10))
-    assert launch_env() == (0, 1, None)
+    assert launch() == Launch(0, 1, None)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert launch_env() == (3, 4, 1)
+    assert launch() == Launch(3, 4, 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert rank_device("auto", 1) == rank_device("cuda", 1) == "cuda:1"
-    assert rank_device("cuda:0", 1) == "cuda:0" and rank_device("cpu", 1) == "cpu"
-    assert rank_device("auto", None) == "auto"
+    assert Launch(3, 4, 1).device("auto") == Launch(3, 4, 1).device("cuda") == "cuda:1"
+    assert Launch(3, 4, 1).device("cuda:0") == "cuda:0" and Launch(3, 4, 1).device("cpu") == "cpu"
+    assert Launch().device("auto") == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert rank_device("auto", 1) == "auto"
+    assert Launch(3, 4, 1).device("auto") == "auto"
 
 
 def test_ranks_split_the_files(tmp_path: Path, capsys, weights, monkeypatch) -> None:

@@ -14,20 +14,14 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from d2lnet import cli, jpeg
-from d2lnet.evaluate import (
-    JPEG_METHOD,
-    PAPER,
-    EvalError,
-    Method,
-    evaluate_set,
-    find_data_root,
-    image_set,
-    mean_scores,
-    parse_tile,
-)
+from d2lnet.engine import Restorer
+from d2lnet.evaluation import EvalError
+from d2lnet.evaluation.methods import JPEG_METHOD, Method
+from d2lnet.evaluation.paper import PAPER
+from d2lnet.evaluation.protocol import evaluate_set, mean_scores
+from d2lnet.evaluation.testsets import find_data_root, image_set
 from d2lnet.metrics import psnrb, rgb_to_y
 from d2lnet.pretrained import load_model, save_release
-from d2lnet.restore import Restorer
 
 CELL = r"\d+\.\d{2} / \d\.\d{3} / \d+\.\d{2}"  # PSNR / SSIM / PSNR-B at the paper's decimals
 
@@ -195,9 +189,8 @@ def test_model_of_the_wrong_mode_is_a_clear_error(
 
 
 def test_bad_arguments_are_clear_errors(tmp_path: Path, small_set: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(EvalError, match="multiple of 8"):
-        parse_tile("100")
-    assert parse_tile("0") is None and parse_tile("auto") == "auto" and parse_tile("256") == 256
+    assert cli.main(["eval", "--data", str(small_set), "--model", "jpeg", "--tile", "100"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
     with pytest.raises(EvalError, match="no test data"):
         find_data_root(tmp_path / "missing")
     assert cli.main(["eval", "--model", "no-such-model", "--data", str(small_set)]) == 2

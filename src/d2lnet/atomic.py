@@ -1,4 +1,5 @@
-"""Atomic file writes: outputs, release weights and checkpoints appear whole or not at all."""
+"""Writing files safely: atomic writes (outputs, release weights and checkpoints appear whole or
+not at all), and checking before long work that an output can be written at all."""
 
 from __future__ import annotations
 
@@ -34,3 +35,26 @@ def atomic_write(path: str | Path, durable: bool = False) -> Iterator[BinaryIO]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(path: str | Path, folder: bool = False) -> None:
+    """Raise ValueError, with a one-line reason, if a file (or, with ``folder``, files inside a
+    folder) could not be written at ``path``: checked before long work rather than after it.
+
+    The path may not exist yet; its nearest existing ancestor must then be a writable folder.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ValueError(f"{path} exists and is not a folder")
+        if not folder and path.is_dir():
+            raise ValueError(f"{path} is a folder, not a file")
+        target = path if folder else path.parent
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise ValueError(f"cannot write {path}: {target} is a file, not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {target} is not writable")

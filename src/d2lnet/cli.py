@@ -56,7 +56,7 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_restore(args: argparse.Namespace) -> int:
-    from d2lnet.restore import run_cli
+    from d2lnet.restore_cli import run_cli
 
     return run_cli(args)
 
@@ -94,7 +94,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from d2lnet.evaluate import run_cli
+    from d2lnet.evaluation.command import run_cli
 
     return run_cli(args)
 
@@ -140,19 +140,57 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="restore images in a local web page (needs the [serve] extra)",
+        description="Serve a web page (Gradio) to upload an image, see its detected JPEG quality, restore it with "
+        "the bundled model (colour or grey by the image, as restore does), compare before and after, and "
+        "download the PNG. Uploads are deleted once read and results are not stored. "
+        'Needs Gradio: pip install "d2lnet[serve]".',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 opens the page to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB", help="refuse larger uploads (MB, 10^6 bytes)")
+    p.add_argument("--max-megapixels", type=float, default=16.0, metavar="MP",
+                   help="refuse larger images (checked from the header, before decoding)")  # fmt: skip
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="bundled model name or weights file for every image (default: the bundled colour or grey model by image)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="as for restore")
+    p.add_argument("--tile", default="auto", metavar="auto|0|N", help="as for restore")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from d2lnet.serve import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2lnet", description="JPEG artifact removal with D2LNet.")
     parser.add_argument("--version", action="version", version=f"d2lnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_restore, _add_eval, _add_train, _add_models):
+    for add in (_add_restore, _add_eval, _add_train, _add_models, _add_serve):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``d2lnet ARGV``; returns the exit status. Errors that the commands expect
+    (:class:`d2lnet.errors.CommandError`) are printed in one line, without a traceback."""
+    from d2lnet.errors import CommandError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except CommandError as error:
+        print(f"d2lnet {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_status
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"d2lnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,28 +1,34 @@
-"""Reading and writing image files, with their metadata, for ``d2lnet restore``.
+"""Pixels: image files, arrays and tensors, in one place.
 
-Reading (:func:`read_image`) gives an upright 8-bit image of mode L, LA, RGB or
-RGBA, with the EXIF orientation applied, plus what the output should keep: the
-ICC colour profile, the EXIF block (its orientation reset to upright) and, for
-JPEG files, the quality factor read from the quantization tables. Everything that
-can go wrong with a file (empty, truncated, not an image, an unsupported mode, too
-large) raises :class:`ImageError` with a one-line reason.
+* Files in: :func:`find_images` (the image files of folders), :func:`read_image` (a file
+  decoded upright, with the metadata a restored copy keeps and the JPEG quality factor) and
+  :func:`read_array` (a file as the protocol's uint8 RGB or grey array).
+* Arrays: :func:`to_mode` (RGB, or the protocol's grey: the BT.601 Y channel) and
+  :func:`center_crop` (on the 8x8 JPEG grid).
+* Tensors: :func:`to_tensor` and :func:`to_image`, between uint8 (H, W, C) arrays and float
+  (C, H, W) tensors in [0, 1].
+* Files out: :func:`write_image`, atomic (:mod:`d2lnet.atomic`), so that a crash never
+  leaves a half-written image behind.
 
-Writing (:func:`write_image`) is atomic: the image goes to a temporary file in the
-destination folder, which is renamed over the destination only once complete, and
-removed if anything fails, so a crash never leaves a half-written image behind.
+Everything that can go wrong with a file (empty, truncated, not an image, an unsupported
+mode, too large) raises :class:`ImageError` with a one-line reason.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from d2lnet.atomic import atomic_write
-from d2lnet.jpeg import estimate_quality
+from d2lnet.jpeg import BLOCK, estimate_quality
+from d2lnet.metrics import rgb_to_y
 
 # Inputs found in folders and globs; a file named on the command line is tried whatever its name.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -42,6 +48,76 @@ _MODE_HINTS = {
     "I": "32-bit integer images are not supported; convert it to 8 bits (L or RGB) first",
     "F": "floating-point images are not supported; convert it to 8 bits (L or RGB) first",
 }
+
+
+# --------------------------------------------------------------------------- arrays and tensors
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, C) -> float32 (C, H, W) in [0, 1]."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    # Contiguous and writable (arrays of decoded images are read-only, which torch warns about).
+    chw = np.require(image.transpose(2, 0, 1), requirements=["C", "W"])
+    return torch.from_numpy(chw).float().div_(255)
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """float (C, H, W), nominally in [0, 1] -> uint8 (H, W, C): clamped, scaled, rounded."""
+    return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def to_mode(image: np.ndarray, gray: bool) -> np.ndarray:
+    """The protocol's grey (BT.601 Y, :func:`d2lnet.metrics.rgb_to_y`) or RGB version of a
+    uint8 (H, W) or (H, W, 3) image: (H, W) when ``gray``, else (H, W, 3)."""
+    if gray:
+        return image if image.ndim == 2 else rgb_to_y(image)
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` crop (smaller for small images) near the centre, its corner on the
+    8x8 JPEG grid, so that its block boundaries are the image's."""
+    h, w = image.shape[:2]
+    size = min(size, h, w)
+    top, left = (h - size) // 2 // BLOCK * BLOCK, (w - size) // 2 // BLOCK * BLOCK
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+# --------------------------------------------------------------------------- finding image files
+
+
+def find_images(folder: str | Path, recursive: bool = True, exclude: Path | None = None) -> list[Path]:
+    """The image files (by :data:`IMAGE_EXTENSIONS`) in ``folder``, sorted; hidden files and
+    folders are left out, and so is anything under ``exclude`` (an output folder inside an
+    input folder: earlier outputs are not inputs)."""
+    folder = Path(folder)
+    found = []
+    for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if exclude is not None and exclude in path.resolve().parents:
+            continue
+        found.append(path)
+    return found
+
+
+def find_images_in(folders: Iterable[str | Path]) -> list[Path]:
+    """The image files under several folders (recursively), sorted; a missing folder is an error."""
+    files: list[Path] = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"image folder not found: {folder}")
+        files += find_images(folder)
+    return sorted(files)
+
+
+# --------------------------------------------------------------------------- reading
 
 
 class ImageError(Exception):
@@ -118,6 +194,16 @@ def read_image(path: str | Path) -> LoadedImage:
         tags[_EXIF_ORIENTATION] = 1  # the pixels are upright now
         exif = tags.tobytes()
     return LoadedImage(upright, quality, icc_profile, exif)
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """An image file as uint8 (H, W) for grey or (H, W, 3) for colour, upright, alpha dropped:
+    the ground truths of training and evaluation. Raises :class:`ImageError`."""
+    image = read_image(path).image
+    return np.asarray(image.convert("L" if image.mode in ("L", "LA") else "RGB"))
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def output_format(path: str | Path) -> str:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from d2lnet.metrics import rgb_to_y
 
+BLOCK = 8  # JPEG codes 8x8 blocks: the grid that tiles, crops and transforms keep aligned
 # Annex K of ITU-T T.81, natural (row-major) order: the tables libjpeg scales by quality.
 _STD_LUMINANCE = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,

@@ -1,0 +1,158 @@
+"""The inference engine: tiling, blending, memory fallback, precision, determinism.
+
+References are independent of the code under test: hand-computed tile layouts and
+weights, a point-wise stand-in model whose exact output is known, and a D2LNet whose
+output convolutions are zeroed, which makes it the exact identity map.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_model
+
+import d2lnet.device
+import d2lnet.engine
+from d2lnet.engine import FALLBACK_TILE, Restorer, blend_ramp, is_out_of_memory, tile_layout
+from d2lnet.model import D2LNetConfig
+
+
+class _Output(NamedTuple):
+    out1: torch.Tensor
+    out2: torch.Tensor
+
+
+class PointwiseModel(torch.nn.Module):
+    """Stands in for a D2LNet: out2 = sigmoid(3x - 1), pixel by pixel, so any tiling gives the same pixels.
+
+    ``max_side`` makes inputs larger than that raise the CPU allocator's out-of-memory error.
+    """
+
+    def __init__(self, channels: int = 3, max_side: int | None = None) -> None:
+        super().__init__()
+        self.config = D2LNetConfig(in_channels=channels, width=8, depth=3)
+        self.max_side = max_side
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor, qf=None) -> _Output:
+        self.calls.append(tuple(x.shape))
+        if self.max_side is not None and max(x.shape[-2:]) > self.max_side:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
+        y = torch.sigmoid(3 * x - 1)
+        return _Output(y, y)
+
+
+def pointwise_reference(image: np.ndarray) -> np.ndarray:
+    """What PointwiseModel restores ``image`` to, computed in numpy."""
+    y = 1 / (1 + np.exp(-(3 * image.astype(np.float64) / 255 - 1)))
+    return np.round(y * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- tiles and blending
+
+
+def test_tile_layout_hand_computed() -> None:
+    # Tiles of 8 overlapping by 4 step by 4; enough of them to cover the side, padded to fit.
+    assert tile_layout(20, 8, 4) == ([0, 4, 8, 12], 20)
+    assert tile_layout(21, 8, 4) == ([0, 4, 8, 12, 16], 24)
+    assert tile_layout(5, 8, 4) == ([0], 8)
+    assert tile_layout(1000, 256, 32) == ([0, 224, 448, 672, 896], 1152)
+    assert tile_layout(256, 256, 32) == ([0], 256)
+
+
+def test_blend_ramp_hand_computed() -> None:
+    ramp = [0.125, 0.375, 0.625, 0.875]  # (i + 0.5) / 4
+    assert blend_ramp(8, 4, True, True).tolist() == ramp + ramp[::-1]
+    assert blend_ramp(8, 4, False, True).tolist() == [1.0] * 4 + ramp[::-1]
+    assert blend_ramp(8, 4, True, False).tolist() == ramp + [1.0] * 4
+    assert blend_ramp(8, 0, True, True).tolist() == [1.0] * 8
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(45, 16, 8), (61, 16, 8), (100, 32, 16), (300, 64, 32)])
+def test_blend_weights_sum_to_one(size: int, tile: int, overlap: int) -> None:
+    starts, padded = tile_layout(size, tile, overlap)
+    total = np.zeros(padded)
+    for s in starts:
+        total[s : s + tile] += blend_ramp(tile, overlap, s > 0, s + tile < padded).numpy()
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    assert all(s % 8 == 0 for s in starts)  # on the JPEG grid
+
+
+def test_tiled_matches_pointwise_reference(rgb_image: np.ndarray) -> None:
+    model = PointwiseModel()
+    restored = Restorer(model, "cpu", tile=16, overlap=8, tile_batch=3).restore(rgb_image)
+    assert len(model.calls) > 1 and all(shape[-2:] == (16, 16) for shape in model.calls)
+    np.testing.assert_array_equal(restored, pointwise_reference(rgb_image))
+
+
+def test_tile_larger_than_image_equals_whole(rgb_image: np.ndarray) -> None:
+    model = tiny_model("busy")
+    whole = Restorer(model, "cpu", tile=None).restore(rgb_image, 30)
+    tiled = Restorer(model, "cpu", tile=64, overlap=16).restore(rgb_image, 30)
+    np.testing.assert_array_equal(tiled, whole)
+    assert np.abs(whole.astype(int) - rgb_image).max() > 0  # the model does something
+
+
+def test_whole_image_out_of_memory_falls_back_to_tiles() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    model = PointwiseModel(max_side=64)
+    restored = Restorer(model, "cpu", tile=None, overlap=8).restore(image)
+    assert model.calls[0][-2:] == (100, 90)  # tried whole first
+    assert all(shape[-2:] == (64, 64) for shape in model.calls[1:])  # then FALLBACK_TILE halved to fit
+    np.testing.assert_array_equal(restored, pointwise_reference(image))
+
+
+def test_other_errors_are_not_taken_for_out_of_memory() -> None:
+    class Broken(PointwiseModel):
+        def forward(self, x, qf=None):
+            raise RuntimeError("expected input of shape (B, 3, H, W)")
+
+    with pytest.raises(RuntimeError, match="expected input"):
+        Restorer(Broken(), "cpu").restore(np.zeros((100, 90, 3), np.uint8))
+
+
+def test_is_out_of_memory() -> None:
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("memory"))
+
+
+def test_auto_tile_follows_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    restorer = Restorer(tiny_model("identity"), "cpu", tile="auto")
+    monkeypatch.setattr(d2lnet.engine, "available_memory", lambda device: 10**15)
+    assert restorer.tile_for(1000, 1000) is None
+    monkeypatch.setattr(d2lnet.engine, "available_memory", lambda device: 0)
+    assert restorer.tile_for(1000, 1000) == FALLBACK_TILE
+    assert restorer.tile_for(100, 100) is None  # smaller than one tile: whole anyway
+
+
+def test_restorer_validates_arguments() -> None:
+    model = tiny_model("identity")
+    for kwargs in ({"tile": 20}, {"tile": 64, "overlap": 40}, {"tile": "big"}, {"precision": "fp16"}, {"precision": "half"}):
+        with pytest.raises(ValueError):
+            Restorer(model, "cpu", **kwargs)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, rgb_image) -> None:
+    monkeypatch.setattr(d2lnet.device, "cpu_has_native_bf16", lambda: False)
+    assert Restorer(tiny_model(), "cpu").precision == "fp32"
+    monkeypatch.setattr(d2lnet.device, "cpu_has_native_bf16", lambda: True)
+    assert Restorer(tiny_model(), "cpu").precision == "bf16"
+    assert Restorer(tiny_model(), "cpu", precision="fp32").precision == "fp32"
+    # bf16 autocast moves the output by a few percent of what the (random, busy) model changes
+    full = Restorer(tiny_model("busy"), "cpu", precision="fp32").restore(rgb_image, 20).astype(int)
+    low = Restorer(tiny_model("busy"), "cpu", precision="bf16").restore(rgb_image, 20).astype(int)
+    assert np.abs(full - low).mean() < 0.05 * np.abs(full - rgb_image).mean()
+
+
+def test_deterministic(rgb_image: np.ndarray) -> None:
+    first = Restorer(tiny_model("busy"), "cpu", tile=None).restore(rgb_image, 20)
+    second = Restorer(tiny_model("busy"), "cpu", tile=None).restore(rgb_image, 20)
+    tiled = [Restorer(tiny_model("busy"), "cpu", tile=16, overlap=8).restore(rgb_image, 20) for _ in range(2)]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(tiled[0], tiled[1])
