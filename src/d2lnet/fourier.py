@@ -1,9 +1,16 @@
 """Fourier-domain operations of D2LNet (paper Sec. 3.1, equations (3) to (5)).
 
 Every transform here is a 2-D real FFT over the last two dimensions, applied to
-each channel independently. Transforms always run in float32, also under
-bf16/fp16 autocast: half-precision FFTs lose too much in the amplitude of the
+each channel independently. Transforms run in float32 (float64 for float64
+inputs), also under bf16/fp16 autocast: half-precision FFTs lose too much in the amplitude of the
 low frequencies, and cuFFT only takes power-of-two sizes in half precision.
+
+Two forms of the same functions live here. :func:`amplitude_phase` and
+:func:`from_amplitude_phase` are equations (4), (5) and the F^-1 of (8) to the letter,
+the reference. The correction blocks and eq. (13) use the fast forms below them,
+which give the same values without the angle where it is not needed: keeping the
+phase of a spectrum S while replacing its amplitude |S| by A' is S * A' / |S|, so an
+amplitude correction or an amplitude swap needs no atan2, cos or sin.
 
 ``norm`` follows :func:`torch.fft.rfft2`: ``"ortho"`` is the paper's equation
 (3) (the 1/sqrt(HW) factor), ``"backward"`` is the released code's unnormalised
@@ -23,18 +30,25 @@ FFTNorm = Literal["ortho", "backward", "forward"]
 _EPS = 1e-8
 
 
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32, or float64 if it is: never in half precision."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def amplitude_phase(x: torch.Tensor, norm: FFTNorm = "ortho") -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``x`` (..., H, W) into the amplitude and phase of its real FFT, eqs. (4) and (5).
 
     Returns two float32 tensors of shape (..., H, W // 2 + 1). The phase is the
     four-quadrant ``atan2(I, R)`` in (-pi, pi], the well-defined form of eq. (5).
     """
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spectrum = torch.fft.rfft2(x.float(), norm=norm)
-        re, im = spectrum.real, spectrum.imag
-        amplitude = torch.sqrt(re * re + im * im + _EPS * _EPS)
-        phase = torch.atan2(im, re + (re == 0) * _EPS)
-    return amplitude, phase
+    s, amplitude = spectrum(x, norm)
+    return amplitude, phase_of(s)
+
+
+def phase_of(s: torch.Tensor) -> torch.Tensor:
+    """P(s) of eq. (5) for a complex spectrum ``s``, as ``atan2(I, R)`` in (-pi, pi]; a zero
+    coefficient has phase 0."""
+    return torch.atan2(s.imag, s.real + (s.real == 0) * _EPS)
 
 
 def from_amplitude_phase(
@@ -49,9 +63,40 @@ def from_amplitude_phase(
     reproduced exactly. (The released code's ``ifft2(...).real`` symmetrises them all.)
     """
     with torch.autocast(device_type=amplitude.device.type, enabled=False):
-        amplitude, phase = amplitude.float(), phase.float()
+        amplitude, phase = _real(amplitude), _real(phase)
         spectrum = torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
         return torch.fft.irfft2(spectrum, s=size, norm=norm)
+
+
+# --------------------------------------------------------------------------- fast forms
+
+
+def spectrum(x: torch.Tensor, norm: FFTNorm = "ortho") -> tuple[torch.Tensor, torch.Tensor]:
+    """The real FFT of ``x`` in float32 and its amplitude (eq. 4, with the same guard as
+    :func:`amplitude_phase`): ``(S, |S|)``."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        s = torch.fft.rfft2(_real(x), norm=norm)
+        return s, torch.sqrt(s.real.square() + s.imag.square() + _EPS * _EPS)
+
+
+def with_amplitude(s: torch.Tensor, amplitude: torch.Tensor, new_amplitude: torch.Tensor) -> torch.Tensor:
+    """The spectrum with the phase of ``s`` (whose amplitude is ``amplitude``) and the amplitude
+    ``new_amplitude``: ``s * new_amplitude / amplitude``, i.e. A' exp(j P(s)) without the angle.
+
+    Where ``s`` is exactly zero its phase is 0 (as :func:`amplitude_phase` gives it), so the
+    result is the real ``new_amplitude`` there, not 0.
+    """
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        new_amplitude = new_amplitude.to(amplitude.dtype)
+        scale = new_amplitude / amplitude
+        zero = (s.real == 0) & (s.imag == 0)
+        return torch.complex(torch.where(zero, new_amplitude, s.real * scale), s.imag * scale)
+
+
+def inverse(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm = "ortho") -> torch.Tensor:
+    """F^-1 of a half spectrum to a real float32 image of spatial ``size`` (see :func:`from_amplitude_phase`)."""
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        return torch.fft.irfft2(s, s=size, norm=norm)
 
 
 def swap_amplitude(
@@ -61,6 +106,6 @@ def swap_amplitude(
 
     With ``amplitude_from = X_out1`` and ``phase_from = X_in`` this is X_inv of equation (13).
     """
-    amplitude, _ = amplitude_phase(amplitude_from, norm)
-    _, phase = amplitude_phase(phase_from, norm)
-    return from_amplitude_phase(amplitude, phase, phase_from.shape[-2:], norm)
+    _, new_amplitude = spectrum(amplitude_from, norm)
+    s, amplitude = spectrum(phase_from, norm)
+    return inverse(with_amplitude(s, amplitude, new_amplitude), phase_from.shape[-2:], norm)

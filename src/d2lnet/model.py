@@ -22,14 +22,14 @@ the *input's* amplitude and stage 1's phase) so that the two can be compared.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lnet.fourier import FFTNorm, amplitude_phase, from_amplitude_phase, swap_amplitude
+from d2lnet.fourier import FFTNorm, from_amplitude_phase, inverse, phase_of, spectrum, swap_amplitude, with_amplitude
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,14 @@ class D2LNetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> D2LNetConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are errors (a newer file, or not a config)."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown D2LNet configuration key(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
 
 
 CONFIGS: dict[str, D2LNetConfig] = {
@@ -170,8 +178,11 @@ class QualityEmbedding(nn.Module):
         return torch.where(known[:, None], embedding, self.unknown.to(embedding.dtype).expand_as(embedding))
 
 
-class ChannelModulation(nn.Module):
-    """FiLM: scales and shifts each channel by an affine map of the quality embedding."""
+class QualityFiLM(nn.Module):
+    """FiLM by the quality embedding: scales and shifts each channel by an affine map of it.
+
+    (Not the paper's "channel modulation", which is the output head, :class:`Refine`.)
+    """
 
     def __init__(self, cond_dim: int, channels: int) -> None:
         super().__init__()
@@ -209,19 +220,29 @@ class DualDomainBlock(nn.Module):
             nn.Conv2d(c_out, c_out, 1), nn.LeakyReLU(slope), nn.Conv2d(c_out, c_out, 1)
         )
         self.attention = SpatialAttention()
-        self.modulation = ChannelModulation(config.quality_dim, c_out) if config.quality_conditioning else None
+        self.film = QualityFiLM(config.quality_dim, c_out) if config.quality_conditioning else None
+
+    def fourier(self, f_x: torch.Tensor) -> torch.Tensor:
+        """F_fre: eq. (7) splits F(F_Xi) into amplitude and phase, eq. (8) refines one and transforms back.
+
+        Computed without the angle where it is not needed (see :mod:`d2lnet.fourier`). The FFTs
+        run in float32, the spectral convolutions in the autocast dtype, and F_fre comes back
+        in F_Xi's dtype, so that a bf16 network stays in bf16 between the Fourier branches.
+        """
+        size = f_x.shape[-2:]
+        s, amplitude = spectrum(f_x, self.fft_norm)
+        if self.corrects == "amplitude":
+            f_fre = inverse(with_amplitude(s, amplitude, self.spectral(amplitude)), size, self.fft_norm)
+        else:
+            f_fre = from_amplitude_phase(amplitude, self.spectral(phase_of(s)), size, self.fft_norm)
+        return f_fre.to(f_x.dtype)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         f_x = self.project(x)
         f_spa = self.spatial(x)  # eq. (6)
-        if self.modulation is not None and cond is not None:
-            f_spa = self.modulation(f_spa, cond)
-        amplitude, phase = amplitude_phase(f_x, self.fft_norm)  # eq. (7)
-        if self.corrects == "amplitude":
-            amplitude = self.spectral(amplitude)
-        else:
-            phase = self.spectral(phase)
-        f_fre = from_amplitude_phase(amplitude, phase, f_x.shape[-2:], self.fft_norm)  # eq. (8)
+        if self.film is not None and cond is not None:
+            f_spa = self.film(f_spa, cond)
+        f_fre = self.fourier(f_x)  # eqs. (7) and (8)
         f_dif = f_spa - f_fre  # eq. (9)
         f_out = self.attention(f_dif) * f_spa + f_fre  # eq. (10)
         if self.block_identity:
@@ -368,6 +389,12 @@ class Refine(nn.Sequential):
 # --------------------------------------------------------------------------- the network
 
 
+def _rename_legacy_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Weights saved before the quality FiLM was renamed (``.modulation.`` -> ``.film.``) still load."""
+    for key in [k for k in state_dict if k.startswith(prefix) and ".modulation." in k]:
+        state_dict[key.replace(".modulation.", ".film.")] = state_dict.pop(key)
+
+
 class D2LNetOutput(NamedTuple):
     out1: torch.Tensor  # X_out1, the amplitude-corrected image (supervised by eq. 18)
     out2: torch.Tensor  # X_out2, the final restoration (supervised by eqs. 15 and 21)
@@ -404,15 +431,17 @@ class D2LNet(nn.Module):
         for conv in (self.sam.to_image, self.refine[-1], self.refine_out[-1]):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def quality_condition(self, qf: torch.Tensor | float | None, batch: int, device: torch.device) -> torch.Tensor | None:
         """The conditioning vector for quality factors ``qf`` (None, a number, or (B,); values <= 0 mean unknown)."""
         if self.quality is None:
             return None
+        dtype = self.quality.unknown.dtype
         if qf is None:
-            q = torch.full((batch,), float("nan"), device=device)
+            q = torch.full((batch,), float("nan"), dtype=dtype, device=device)
         else:
-            q = torch.as_tensor(qf, dtype=torch.float32, device=device).reshape(-1).expand(batch)
+            q = torch.as_tensor(qf, dtype=dtype, device=device).reshape(-1).expand(batch)
             q = torch.where(q > 0, q, torch.full_like(q, float("nan")))
         return self.quality(q)
 
