@@ -229,13 +229,13 @@ class DualDomainBlock(nn.Module):
         run in float32, the spectral convolutions in the autocast dtype, and F_fre comes back
         in F_Xi's dtype, so that a bf16 network stays in bf16 between the Fourier branches.
         """
-        size = f_x.shape[-2:]
+        size, dtype = f_x.shape[-2:], f_x.dtype
         s, amplitude = spectrum(f_x, self.fft_norm)
         if self.corrects == "amplitude":
-            f_fre = inverse(with_amplitude(s, amplitude, self.spectral(amplitude)), size, self.fft_norm)
+            f_fre = inverse(with_amplitude(s, amplitude, self.spectral(amplitude.to(dtype))), size, self.fft_norm)
         else:
-            f_fre = from_amplitude_phase(amplitude, self.spectral(phase_of(s)), size, self.fft_norm)
-        return f_fre.to(f_x.dtype)
+            f_fre = from_amplitude_phase(amplitude, self.spectral(phase_of(s).to(dtype)), size, self.fft_norm)
+        return f_fre.to(dtype)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         f_x = self.project(x)
@@ -460,6 +460,7 @@ class D2LNet(nn.Module):
             x_inv = swap_amplitude(amplitude_from=x_out1, phase_from=x_in, norm=self.config.fft_norm)  # eq. (13)
         else:
             x_inv = swap_amplitude(amplitude_from=x_in, phase_from=x_out1, norm=self.config.fft_norm)
+        x_inv = x_inv.to(x_out1.dtype)
         features = self.merge(torch.cat([self.project2(x_inv), x_amp], dim=1))
         features, _, _ = self.stage2(features, cond, encoder, decoder)  # eq. (14)
 
