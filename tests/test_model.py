@@ -107,7 +107,7 @@ def test_quality_input_changes_the_output_of_a_conditioned_model():
     net = tiny_model("busy")
     with torch.no_grad():  # make the modulation strong enough to see
         for m in net.modules():
-            if isinstance(m, model_module.ChannelModulation):
+            if isinstance(m, model_module.QualityFiLM):
                 m.linear.weight.normal_(0, 0.5)
     x = torch.rand(1, 3, 16, 16)
     out10, out90, unknown = net(x, 10).out2, net(x, 90).out2, net(x, None).out2
