@@ -40,14 +40,14 @@ def _one_thread():
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Release files of untrained d2lnet-xs models, colour and grey."""
     from d2lnet.model import build
-    from d2lnet.pretrained import save_release
+    from d2lnet.pretrained import ModelCard, save_release
 
     folder = tmp_path_factory.mktemp("weights")
     paths = {}
     for kind, channels in (("color", 3), ("gray", 1)):
         torch.manual_seed(1)
         model = build("d2lnet-xs", in_channels=channels)
-        paths[kind] = save_release(model, folder / f"tiny-{kind}.safetensors", {"name": f"tiny-{kind}", "summary": "untrained, for tests"})
+        paths[kind] = save_release(model, folder / f"tiny-{kind}.safetensors", ModelCard(f"tiny-{kind}", "untrained, for tests"))
     return paths
 
 

@@ -29,7 +29,7 @@ from d2lnet.device import Launch, launch
 from d2lnet.engine import parse_tile
 from d2lnet.images import ImageError, read_image
 from d2lnet.model import D2LNet
-from d2lnet.pretrained import save_release
+from d2lnet.pretrained import ModelCard, save_release
 from d2lnet.restore_cli import parse_quality, plan_jobs, shard
 
 
@@ -39,7 +39,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cli-weights")
     paths = {}
     for name, kind, channels in (("identity", "identity", 3), ("identity-gray", "identity", 1), ("busy", "busy", 3)):
-        paths[name] = save_release(tiny_model(kind, channels), folder / f"{name}.safetensors", {"name": name})
+        paths[name] = save_release(tiny_model(kind, channels), folder / f"{name}.safetensors", ModelCard(name))
     return paths
 
 

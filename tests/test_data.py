@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from d2lnet.data import JPEGTrainSet, JPEGValidationSet, QualitySampler, StepSampler
-from d2lnet.jpeg import decompress, estimate_quality
+from d2lnet.data import JPEGTrainSet, QualitySampler, StepSampler, split_holdout
+from d2lnet.images import find_images_in
+from d2lnet.jpeg import compress, decompress, estimate_quality
 from d2lnet.metrics import rgb_to_y
 
 
@@ -31,7 +32,7 @@ def test_samples_really_carry_their_quality(tmp_path):
     seen = set()
     for index in range(30):
         clean, degraded, qf = data.sample(index)
-        encoded = data.encoded(index)
+        encoded = compress(clean, qf)  # what the sample's JPEG is: the clean crop at its QF
         assert estimate_quality(encoded) == qf  # read back from the bytes' quantization tables
         np.testing.assert_array_equal(decompress(encoded), degraded)
         assert 5 <= qf <= 95 and clean.shape == degraded.shape == (16, 16, 3)
@@ -123,21 +124,9 @@ def test_unreadable_images_are_reported_by_name_and_skipped(tmp_path, capsys):
     for name in ("empty.png", "text.jpg", "truncated.jpg"):
         assert name in errors
     assert [p.name for p in data.files] == ["img0.png"]
-    assert {p.name for p, _ in data.skipped} == {"empty.png", "text.jpg", "truncated.jpg"}
-
-
-def test_validation_set_is_fixed(tmp_path):
-    _write_images(tmp_path, count=2)
-    val = JPEGValidationSet(tmp_path, qualities=[10, 40], crop=32)
-    assert len(val) == 4
-    item = val[1]
-    assert item["qf"] == 40 and item["gt"].shape == (3, 32, 32)
-    torch.testing.assert_close(val[1]["lq"], JPEGValidationSet(tmp_path, qualities=[10, 40], crop=32)[1]["lq"])
 
 
 def test_holdout_is_left_out_of_training_and_stable_when_folders_grow(tmp_path):
-    from d2lnet.data import list_images, split_holdout
-
     _write_images(tmp_path / "a", count=3)
     names = [tmp_path / "a" / f"n{i}.png" for i in range(400)]
     train, held = split_holdout(names, 0.25)
@@ -146,7 +135,7 @@ def test_holdout_is_left_out_of_training_and_stable_when_folders_grow(tmp_path):
     train2, held2 = split_holdout(more, 0.25)
     assert set(held) <= set(held2) and set(train) <= set(train2)  # adding images moves none
     data = JPEGTrainSet([tmp_path / "a"], crop=16, quality=QualitySampler(choices=(50,)), holdout=0.5)
-    assert sorted(data.files) == sorted(split_holdout(list_images([tmp_path / "a"]), 0.5)[0])
+    assert sorted(data.files) == sorted(split_holdout(find_images_in([tmp_path / "a"]), 0.5)[0])
 
 
 def test_mixed_crop_sizes_are_drawn_per_batch(tmp_path):

@@ -21,7 +21,7 @@ from d2lnet.evaluation.paper import PAPER
 from d2lnet.evaluation.protocol import evaluate_set, mean_scores
 from d2lnet.evaluation.testsets import find_data_root, image_set
 from d2lnet.metrics import psnrb, rgb_to_y
-from d2lnet.pretrained import load_model, save_release
+from d2lnet.pretrained import ModelCard, load_model, save_release
 
 CELL = r"\d+\.\d{2} / \d\.\d{3} / \d+\.\d{2}"  # PSNR / SSIM / PSNR-B at the paper's decimals
 
@@ -46,7 +46,7 @@ def restoring_weights(tiny_weights: dict[str, Path], tmp_path_factory: pytest.Te
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.02 * torch.randn(p.shape, generator=generator))
-        paths[kind] = save_release(model, folder / f"restoring-{kind}.safetensors", {"name": f"restoring-{kind}"})
+        paths[kind] = save_release(model, folder / f"restoring-{kind}.safetensors", ModelCard(f"restoring-{kind}"))
     return paths
 
 

@@ -8,28 +8,49 @@ from helpers import tiny_model
 
 import d2lnet.pretrained as pretrained
 from d2lnet.cli import main
-from d2lnet.pretrained import PRETRAINED, load_model, model_card, save_release
+from d2lnet.checkpoint import Checkpoint
+from d2lnet.pretrained import PRETRAINED, ModelCard, load_model, model_card, save_release
 
 
 def test_release_round_trip_is_the_fp16_model(tmp_path):
     model = tiny_model("busy")
-    path = save_release(model, tmp_path / "m.safetensors", {"name": "m", "summary": "test"})
+    path = save_release(model, tmp_path / "m.safetensors", ModelCard("m", "test"))
     loaded = load_model(path)
     assert loaded.config == model.config and not loaded.training
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=name)
     card = json.loads((tmp_path / "m.json").read_text())
-    assert card["name"] == "m" and card["config"]["width"] == 8 and loaded.card == card == model_card(path)
+    assert card["name"] == "m" and card["config"]["width"] == 8 and loaded.card.to_dict() == card == model_card(path).to_dict()
     assert path.stat().st_mode & 0o777 == 0o644  # an ordinary file, not mkstemp's private 0600
 
 
 def test_checkpoint_loads_its_ema_weights(tmp_path):
     model, ema = tiny_model("busy", seed=1), tiny_model("busy", seed=2)
     path = tmp_path / "last.pt"
-    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(), "step": 7}, path)
+    Checkpoint(model.config, model.state_dict(), ema.state_dict(), step=7).save(path)
     loaded = load_model(path)
     torch.testing.assert_close(loaded.refine_out[-1].weight, ema.refine_out[-1].weight)
-    assert model_card(path)["step"] == 7
+    assert model_card(path).training["steps"] == 7
+
+
+def test_checkpoints_from_before_the_format_field_load(tmp_path):
+    model = tiny_model("busy", seed=1)
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "ema": None, "step": 3}, tmp_path / "old.pt")
+    torch.testing.assert_close(load_model(tmp_path / "old.pt").refine_out[-1].weight, model.refine_out[-1].weight)
+
+
+def test_files_that_are_not_models_give_one_line_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    torch.save({"anything": [1, 2, 3]}, tmp_path / "foreign.pt")
+    torch.save(tmp_path, tmp_path / "pickled.pt")  # a Path object: refused by weights_only loading
+    wrong = tiny_model().state_dict()
+    wrong.pop("sam.to_image.weight")
+    torch.save({"config": tiny_model().config.to_dict(), "model": wrong}, tmp_path / "mismatched.pt")
+    for name, reason in (("notes.txt", "neither a release file"), ("foreign.pt", "not a d2lnet checkpoint"),
+                         ("pickled.pt", "not a d2lnet checkpoint"), ("mismatched.pt", "do not fit")):  # fmt: skip
+        with pytest.raises(ValueError, match=reason) as error:
+            load_model(tmp_path / name)
+        assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
 
 
 def test_unknown_names_give_clear_errors(tmp_path):
@@ -46,8 +67,8 @@ def test_unknown_names_give_clear_errors(tmp_path):
 def test_bundled_models_load_by_name(name):
     model = load_model(name)  # shipped with the package: a missing file is a failure, not a skip
     card = model.card
-    assert card["name"] == name and card["channels"] == model.config.in_channels
-    assert card["quality_range"] == [5, 95] and card["inference"]["tile"] > 0
+    assert card.name == name and card.channels == model.config.in_channels
+    assert card.quality_range == [5, 95] and card.tile > 0
     assert (pretrained.WEIGHTS_DIR / PRETRAINED[name]).stat().st_size <= 16 * 2**20
 
 
@@ -74,7 +95,7 @@ def test_bundled_models_improve_an_unseen_photo(name):
 
 
 def test_models_command_lists_the_cards(tmp_path, monkeypatch, capsys):
-    save_release(tiny_model(), tmp_path / "a.safetensors", {"name": "tiny-a", "summary": "a tiny model", "channels": 3})
+    save_release(tiny_model(), tmp_path / "a.safetensors", ModelCard("tiny-a", "a tiny model"))
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setattr(pretrained, "PRETRAINED", {"tiny-a": "a.safetensors", "absent": "none.safetensors"})
     assert main(["models"]) == 0

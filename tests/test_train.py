@@ -3,6 +3,7 @@ recipes validate, releases load."""
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from d2lnet.checkpoint import Checkpoint
 from d2lnet.data import JPEGTrainSet, QualitySampler
 from d2lnet.losses import D2LLoss
 from d2lnet.model import build
 from d2lnet.pretrained import load_model, model_card
-from d2lnet.train import TrainConfig, load_recipe, parse_override, save_checkpoint, train
+from d2lnet.train import TrainConfig, TrainingInterrupted, load_recipe, parse_override, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def image_folder(tmp_path) -> Path:
 def _recipe(image_folder: Path, **optim) -> TrainConfig:
     return load_recipe(
         REPO / "configs" / "smoke.toml",
-        [f'data.train=["{image_folder}"]', 'val.folder=""', "data.cache=true", "run.threads=1"]
+        [f'data.train=["{image_folder}"]', 'val.folder=""', "data.holdout=0", "data.cache=true", "run.threads=1"]
         + [f"optim.{k}={v}" for k, v in optim.items()],
     )
 
@@ -66,19 +68,22 @@ def test_resumed_run_ends_with_the_same_weights(image_folder, tmp_path, monkeypa
     config.run.checkpoint_every = 100
     train(config, tmp_path / "straight")
 
-    # Interrupt the second run just before its 4th update, as Ctrl-C would: it checkpoints step 3.
+    # Ctrl-C during the second run's 3rd update: the step under way finishes, then it checkpoints step 3.
     real_step, calls = torch.optim.Adam.step, {"n": 0}
 
-    def interrupting_step(self, *args, **kwargs):
+    def interrupted_step(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.Adam, "step", interrupting_step)
-    train(config, tmp_path / "resumed")
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupted_step)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config, tmp_path / "resumed")
     monkeypatch.setattr(torch.optim.Adam, "step", real_step)
-    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+    assert stopped.value.exit_status == 130
+    assert Checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt").step == 3
+    assert not (tmp_path / "resumed" / "release.safetensors").exists()  # not a finished model
     train(config, tmp_path / "resumed", resume="auto")
 
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
@@ -91,7 +96,8 @@ def test_resumed_run_ends_with_the_same_weights(image_folder, tmp_path, monkeypa
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    model = build("d2lnet-xs")
+    Checkpoint(model.config, {"w": torch.ones(3)}, step=1).save(path)
 
     def dying_save(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
@@ -99,15 +105,16 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError):
-        save_checkpoint({"step": 2, "weights": torch.zeros(3)}, path)
+        Checkpoint(model.config, {"w": torch.zeros(3)}, step=2).save(path)
     monkeypatch.undo()
-    state = torch.load(path, weights_only=True)
-    assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(3))
+    state = Checkpoint.load(path)
+    assert state.step == 1 and torch.equal(state.model["w"], torch.ones(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.stem)
-def test_every_recipe_reads_and_validates(recipe):
+def test_every_recipe_reads_and_validates(recipe, monkeypatch):
+    monkeypatch.setenv("D2LNET_DATA", "/data")
     config = load_recipe(recipe)
     assert config.optim.steps > 0 and config.model.name.startswith("d2lnet")
     build(config.model.name, in_channels=1 if config.data.gray else 3, **config.model.overrides)
@@ -132,8 +139,8 @@ def test_release_is_fp16_with_a_card(image_folder, tmp_path):
     train(config, tmp_path / "run")
     release = tmp_path / "run" / "release.safetensors"
     card = model_card(release)
-    assert card["training"]["steps"] == 2 and card["config"]["width"] == 8
-    assert card["inference"]["tile"] == config.data.crop  # restore's tile=auto runs it on training-sized tiles
+    assert card.training["steps"] == 2 and card.config["width"] == 8
+    assert card.tile == config.data.crop  # restore's tile=auto runs it on training-sized tiles
     from safetensors import safe_open
 
     with safe_open(str(release), framework="pt") as f:
@@ -152,13 +159,13 @@ def test_torchrun_two_processes(image_folder, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "d2lnet", "train",
         str(REPO / "configs" / "smoke.toml"), "--out", str(tmp_path / "ddp"),
-        "--set", f'data.train=["{image_folder}"]', "--set", 'val.folder=""', "--set", "optim.steps=3",
+        "--set", f'data.train=["{image_folder}"]', "--set", 'val.folder=""', "--set", "data.holdout=0", "--set", "optim.steps=3",
         "--set", "run.threads=1", "--set", "optim.batch_size=2",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     card = model_card(tmp_path / "ddp" / "release.safetensors")
-    assert card["training"]["batch_size"] == 4 and card["training"]["steps"] == 3
+    assert card.training["batch_size"] == 4 and card.training["steps"] == 3
 
 
 def test_sigterm_stops_with_a_checkpoint(image_folder, tmp_path):
@@ -171,7 +178,7 @@ def test_sigterm_stops_with_a_checkpoint(image_folder, tmp_path):
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "d2lnet", "train", str(REPO / "configs" / "smoke.toml"), "--out", str(out),
-        "--set", f'data.train=["{image_folder}"]', "--set", 'val.folder=""', "--set", "optim.steps=100000",
+        "--set", f'data.train=["{image_folder}"]', "--set", 'val.folder=""', "--set", "data.holdout=0", "--set", "optim.steps=100000",
         "--set", "run.log_every=1", "--set", "run.checkpoint_every=100000", "--set", "run.threads=1",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -182,8 +189,141 @@ def test_sigterm_stops_with_a_checkpoint(image_folder, tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-2000:]
-    assert "interrupted at step" in stderr
-    step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert process.returncode == 143, stderr[-2000:]  # 128 + SIGTERM: a scheduler sees that the run did not finish
+    assert "d2lnet train: error: stopped by SIGTERM at step" in stderr and "Traceback" not in stderr
+    step = Checkpoint.load(out / "checkpoints" / "last.pt").step
     last_logged = json.loads(log.read_text().splitlines()[-1])["step"]
     assert step >= 3 and last_logged <= step <= last_logged + 1  # the signal may land between update and log
+    assert not (out / "release.safetensors").exists() and not (out / "release.json").exists()
+
+
+# --------------------------------------------------------------------------- a run folder is never destroyed
+
+
+def _cli(capsys, *argv) -> tuple[int, list[str]]:
+    from d2lnet.cli import main
+
+    rc = main(["train", *map(str, argv)])
+    return rc, capsys.readouterr().err.splitlines()
+
+
+def _smoke_args(image_folder: Path, out: Path, steps: int = 2) -> list[str]:
+    return [REPO / "configs" / "smoke.toml", "--out", out, "--set", f'data.train=["{image_folder}"]', "--set", "data.holdout=0",
+            "--set", 'val.folder=""', "--set", f"optim.steps={steps}", "--set", "run.threads=1"]  # fmt: skip
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_into_the_same_folder_is_refused(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli(capsys, *_smoke_args(image_folder, out))[0] == 0
+    before = _snapshot(out)
+    rc, err = _cli(capsys, *_smoke_args(image_folder, out, steps=3))
+    assert rc == 2 and len(err) == 1 and err[0].startswith("d2lnet train: error:") and "--resume auto" in err[0]
+    assert _snapshot(out) == before  # the first run's checkpoint, config, log and release untouched
+
+
+def test_resume_auto_starts_a_fresh_run_and_then_continues_it(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli(capsys, *_smoke_args(image_folder, out, steps=2), "--resume", "auto")[0] == 0  # first start
+    assert Checkpoint.load(out / "checkpoints" / "last.pt").step == 2
+    assert _cli(capsys, *_smoke_args(image_folder, out, steps=3), "--resume", "auto")[0] == 0  # the requeue
+    assert Checkpoint.load(out / "checkpoints" / "last.pt").step == 3
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert steps == sorted(steps) and steps[-1] == 3
+
+
+def test_bad_checkpoints_are_one_line_errors(image_folder, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    other = build("d2lnet-xs", width=12)
+    Checkpoint(other.config, other.state_dict(), step=1, optimizer={}, scheduler={}, rng={}).save(tmp_path / "wide.pt")
+    cases = [("notes.txt", 1, "not a d2lnet checkpoint"), ("missing.pt", 1, "no checkpoint at"), ("wide.pt", 2, "different architecture")]
+    for name, status, reason in cases:
+        rc, err = _cli(capsys, *_smoke_args(image_folder, tmp_path / f"run-{name}"), "--resume", tmp_path / name)
+        assert rc == status and len(err) == 1 and reason in err[0] and err[0].startswith("d2lnet train: error:"), err
+
+
+def test_bad_data_folders_are_one_line_errors(image_folder, tmp_path, capsys):
+    empty, corrupt = tmp_path / "empty", tmp_path / "corrupt"
+    empty.mkdir()
+    corrupt.mkdir()
+    (corrupt / "a.png").write_bytes(b"not a png")
+    (corrupt / "b.jpg").write_bytes(b"")
+    cases = [
+        ([f'data.train=["{tmp_path / "missing"}"]'], "image folder not found"),
+        ([f'data.train=["{empty}"]'], "no image files"),
+        ([f'data.train=["{corrupt}"]'], "none of its 2 image files"),
+        ([f'val.folder="{tmp_path / "missing"}"'], "val.folder"),
+        ([f'val.folder="{empty}"'], "no image files"),
+        (["optim.steps=abc"], "optim.steps must be a whole number, got 'abc'"),
+        (["run.device=bogus"], "unknown device 'bogus'"),
+    ]
+    for i, (sets, reason) in enumerate(cases):
+        args = _smoke_args(image_folder, tmp_path / f"run{i}")
+        rc, err = _cli(capsys, *args, *(x for s in sets for x in ("--set", s)))
+        errors = [line for line in err if not line.startswith("warning: skipping")]  # unreadable files are named
+        assert rc == 2 and len(errors) == 1 and reason in errors[0] and errors[0].startswith("d2lnet train: error:"), (sets, err)
+        assert not (tmp_path / f"run{i}").exists()
+    rc, err = _cli(capsys, tmp_path / "no-recipe.toml")
+    assert rc == 2 and len(err) == 1 and "cannot read the recipe" in err[0]
+
+
+def test_recipe_paths_are_relative_to_the_recipe_and_set_paths_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.toml"
+    recipe.write_text('[data]\ntrain = ["images", "~/more", "$EXTRA_IMAGES/x"]\n[val]\nfolder = "../val"\n')
+    monkeypatch.setenv("EXTRA_IMAGES", "/mnt/extra")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = load_recipe(recipe)
+    assert config.data.train == [str(tmp_path / "recipes" / "images"), str(tmp_path / "home" / "more"), "/mnt/extra/x"]
+    assert config.val.folder == str(tmp_path / "val")
+    monkeypatch.chdir(tmp_path / "recipes")
+    config = load_recipe(recipe, ['val.folder="v"', "model.init_from=d2lnet-s-color"])
+    assert config.val.folder == str(tmp_path / "recipes" / "v") and config.model.init_from == "d2lnet-s-color"
+    monkeypatch.delenv("D2LNET_DATA", raising=False)
+    recipe.write_text("[optim]\nsteps = 5\n")  # the default data: $D2LNET_DATA/train
+    with pytest.raises(ValueError, match="D2LNET_DATA is not set"):
+        load_recipe(recipe)
+    monkeypatch.setenv("D2LNET_DATA", str(tmp_path / "data"))
+    assert load_recipe(recipe).data.train == [str(tmp_path / "data" / "train")]
+
+
+def test_validation_scores_are_those_of_d2lnet_eval(image_folder, tmp_path, capsys):
+    """The log's validation PSNR is the evaluation protocol's: ``d2lnet eval`` of the run's
+    checkpoint (its EMA weights) on the same images gives the same numbers."""
+    out = tmp_path / "run"
+    args = _smoke_args(image_folder, out, steps=3)
+    args[args.index('val.folder=""')] = f'val.folder="{image_folder}"'
+    assert _cli(capsys, *args, "--set", "val.limit=2", "--set", "val.quality=[10, 30]", "--set", "val.every=3")[0] == 0
+    logged = [json.loads(line)["val"] for line in (out / "log.jsonl").read_text().splitlines() if '"val"' in line][-1]
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in sorted(p.name for p in image_folder.iterdir())[:2]:
+        shutil.copy(image_folder / name, two / name)
+    from d2lnet.cli import main
+
+    argv = ["eval", "--model", str(out / "checkpoints" / "last.pt"), "jpeg", "--data", str(two), "--quality", "10", "30",
+            "--tile", "0", "--json", str(tmp_path / "eval.json")]  # fmt: skip
+    assert main(argv) == 0
+    means = json.loads((tmp_path / "eval.json").read_text())["means"]
+    for quality in (10, 30):
+        model = next(m for m in means if m["quality"] == quality and m["method"] == "last")
+        jpeg = next(m for m in means if m["quality"] == quality and m["method"] == "JPEG")
+        assert logged[f"q{quality}"]["psnr"] == pytest.approx(model["psnr"], abs=1e-5)
+        assert logged[f"q{quality}"]["ssim"] == pytest.approx(model["ssim"], abs=1e-5)
+        assert logged[f"q{quality}"]["psnr_jpeg"] == pytest.approx(jpeg["psnr"], abs=1e-5)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(image_folder, tmp_path, capsys, monkeypatch):
+    import d2lnet.progress
+
+    monkeypatch.setattr(d2lnet.progress, "PLAIN_EVERY_S", 0.0)
+    from d2lnet.cli import main
+
+    assert main(["train", *map(str, _smoke_args(image_folder, tmp_path / "run", steps=3))]) == 0
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert "\r" not in err  # no progress bar, whose carriage returns make one unreadable line of a log
+    lines = [line for line in err.splitlines() if line.startswith("smoke: ") and " steps" in line]
+    assert lines[0].startswith("smoke: 1/3 steps (33%)") and lines[-1].startswith("smoke: 3/3 steps (100%)")

@@ -125,7 +125,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
     from d2lnet.pretrained import list_models
 
-    cards = list_models()
+    cards = [card.to_dict() for card in list_models()]
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0

@@ -1,4 +1,5 @@
-"""Training and validation data: clean images, cropped and augmented, JPEG-compressed on the fly.
+"""Training data: clean images, cropped and augmented, JPEG-compressed on the fly; and the
+images held out of training to validate on (:func:`split_holdout`).
 
 A training sample is a pure function of ``(seed, index)``: the image, the crop,
 the rescaling, the flip/rotation and the quality factor are all drawn from a
@@ -21,19 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from d2lnet import jpeg
-from d2lnet.images import IMAGE_EXTENSIONS
-from d2lnet.metrics import rgb_to_y
-
-def list_images(folders: Sequence[str | Path]) -> list[Path]:
-    """All image files under ``folders`` (recursively), sorted for reproducibility."""
-    files: list[Path] = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"image folder not found: {folder}")
-        files += [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    return sorted(files)
-
+from d2lnet.images import ImageError, find_images_in, read_array, to_mode, to_tensor
 
 def split_holdout(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[Path]]:
     """Split ``files`` into (training, held out): about ``fraction`` of them, chosen by a hash of the name.
@@ -45,29 +34,6 @@ def split_holdout(files: Sequence[Path], fraction: float) -> tuple[list[Path], l
         return int.from_bytes(hashlib.sha256(path.name.encode()).digest()[:8], "big") < fraction * 2**64
 
     return [p for p in files if not held(p)], [p for p in files if held(p)]
-
-
-def load_rgb_or_gray(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W) for grey or (H, W, 3); raises on unreadable files."""
-    with Image.open(path) as im:
-        im.load()  # decode now, so that truncated files fail here
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("L" if im.mode in ("I;16", "I", "1") else "RGB")
-        return np.asarray(im)
-
-
-def to_mode(image: np.ndarray, gray: bool) -> np.ndarray:
-    """The protocol's grey (BT.601 Y) or RGB version of an (H, W) or (H, W, 3) uint8 image."""
-    if gray:
-        return image if image.ndim == 2 else rgb_to_y(image)
-    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-
-
-def to_chw_float(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W) or (H, W, C) -> float32 (C, H, W) in [0, 1]."""
-    if image.ndim == 2:
-        image = image[..., None]
-    return torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(255)  # copy: decoded arrays are read-only
 
 
 @dataclass(frozen=True)
@@ -141,24 +107,24 @@ class JPEGTrainSet(Dataset):
         self.rescale, self.augment, self.seed = rescale, augment, seed
         self.files: list[Path] = []
         self.images: list[np.ndarray] | None = [] if cache else None
-        self.skipped: list[tuple[Path, str]] = []
         crop = max(self.crops)
-        for path in split_holdout(list_images(folders), holdout)[0]:
+        found = split_holdout(find_images_in(folders), holdout)[0]
+        for path in found:
             try:
-                image = load_rgb_or_gray(path)
-            except Exception as exc:  # any decoder error: report the file, keep going
-                self.skipped.append((path, f"{type(exc).__name__}: {exc}"))
-                print(f"warning: skipping unreadable training image {path}: {exc}", file=sys.stderr)
+                image = read_array(path)
+            except ImageError as error:  # report the file, keep going
+                print(f"warning: skipping unreadable training image {path}: {error}", file=sys.stderr)
                 continue
             if min(image.shape[:2]) < crop:
-                self.skipped.append((path, f"smaller than the {crop}px crop"))
-                print(f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the crop", file=sys.stderr)
+                print(f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the {crop}px crop", file=sys.stderr)
                 continue
             self.files.append(path)
             if self.images is not None:
                 self.images.append(to_mode(image, gray))
         if not self.files:
-            raise ValueError(f"no usable training images in {', '.join(map(str, folders))}")
+            where = ", ".join(map(str, folders))
+            reason = "no image files" if not found else f"none of its {len(found)} image files is readable and at least {crop}px"
+            raise ValueError(f"no usable training images in {where}: {reason}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -171,7 +137,7 @@ class JPEGTrainSet(Dataset):
         return int(self.crops[np.random.default_rng([self.seed, batch, 2]).integers(len(self.crops))])
 
     def _image(self, i: int) -> np.ndarray:
-        return self.images[i] if self.images is not None else to_mode(load_rgb_or_gray(self.files[i]), self.gray)
+        return self.images[i] if self.images is not None else to_mode(read_array(self.files[i]), self.gray)
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The uint8 ``(clean crop, JPEG crop, quality)`` of global sample ``index``."""
@@ -201,14 +167,9 @@ class JPEGTrainSet(Dataset):
         degraded = jpeg.roundtrip(patch, qf)
         return patch, degraded, qf
 
-    def encoded(self, index: int) -> bytes:
-        """The JPEG bytes of sample ``index`` (for checking what a sample really is)."""
-        patch, _, qf = self.sample(index)
-        return jpeg.compress(patch, qf)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         clean, degraded, qf = self.sample(index)
-        return {"lq": to_chw_float(degraded), "gt": to_chw_float(clean), "qf": qf}
+        return {"lq": to_tensor(degraded), "gt": to_tensor(clean), "qf": qf}
 
 
 class StepSampler(Sampler[int]):
@@ -233,39 +194,3 @@ class StepSampler(Sampler[int]):
         if self.steps is None:
             raise TypeError("an endless StepSampler has no length")
         return max(0, self.steps - self.start_step) * self.batch_size
-
-
-class JPEGValidationSet(Dataset):
-    """Fixed validation pairs: each image (optionally centre-cropped) at each quality factor.
-
-    Items are dicts like :class:`JPEGTrainSet`'s, plus ``name``; images keep their own size
-    (use batch size 1). The JPEG versions are computed once, at construction.
-    """
-
-    def __init__(
-        self,
-        source: str | Path | Sequence[Path],
-        qualities: Sequence[int],
-        gray: bool = False,
-        limit: int | None = None,
-        crop: int | None = None,
-    ) -> None:
-        """``source``: a folder of ground-truth images, or a list of image files (a hold-out)."""
-        files = list_images([source]) if isinstance(source, (str, Path)) else list(source)
-        self.items: list[tuple[str, int, np.ndarray, np.ndarray]] = []
-        for path in files[:limit]:
-            image = to_mode(load_rgb_or_gray(path), gray)
-            if crop is not None:
-                h, w = image.shape[:2]
-                top, left = max(0, (h - crop) // 2) // 8 * 8, max(0, (w - crop) // 2) // 8 * 8
-                image = np.ascontiguousarray(image[top : top + crop, left : left + crop])
-            for qf in qualities:
-                self.items.append((path.stem, int(qf), image, jpeg.roundtrip(image, int(qf))))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
-        name, qf, clean, degraded = self.items[index]
-        return {"lq": to_chw_float(degraded), "gt": to_chw_float(clean), "qf": qf, "name": name}
-

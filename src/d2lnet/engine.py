@@ -56,9 +56,10 @@ FALLBACK_TILE = 512
 
 def auto_tile(model: D2LNet, height: int, width: int, device: torch.device, precision: Precision = "fp32") -> int | None:
     """The tile size that ``--tile auto`` uses for an image: the model card's preferred tile
-    (``card["inference"]["tile"]``, None meaning whole images) unless the whole image would need
+    (:attr:`d2lnet.pretrained.ModelCard.tile`, None meaning whole images) unless the whole image would need
     more than half of the free memory, in which case tiles of ``FALLBACK_TILE``."""
-    preferred = getattr(model, "card", {}).get("inference", {}).get("tile")
+    card = getattr(model, "card", None)  # set by load_model; a model built in Python has none
+    preferred = card.tile if card is not None else None
     if preferred is not None:
         return preferred
     need = height * width * model.config.width * _BYTES_PER_PIXEL_PER_WIDTH * (0.5 if precision != "fp32" else 1.0)

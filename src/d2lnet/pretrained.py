@@ -1,21 +1,25 @@
 """Pretrained weights, resolved by name like timm: ``d2lnet.load_model("d2lnet-s-color")``.
 
-A release file is an fp16 safetensors file whose header metadata carries the
-model's configuration and its model card, so that any exported file is
-self-describing; the card is also written beside it as JSON for people to read.
+A release file is an fp16 safetensors file whose header metadata carries the model's
+configuration and its :class:`ModelCard`, so that any exported file is self-describing; the
+card is also written beside it as JSON for people to read. :func:`save_release` writes both
+and :func:`read_release` reads them: the card's only writer and reader. ``load_model`` also
+takes training checkpoints (:mod:`d2lnet.checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from d2lnet.atomic import atomic_write
+from d2lnet.checkpoint import Checkpoint, CheckpointError
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -29,23 +33,96 @@ DEFAULT_COLOR = "d2lnet-s-color"
 DEFAULT_GRAY = "d2lnet-s-gray"
 
 
-def config_from_dict(values: dict) -> D2LNetConfig:
-    """A :class:`D2LNetConfig` from a dict, ignoring keys this version does not know."""
-    known = {f.name for f in fields(D2LNetConfig)}
-    return D2LNetConfig(**{k: v for k, v in values.items() if k in known})
+@dataclass(frozen=True)
+class ModelCard:
+    """What a weights file says about its model (timm's ``PretrainedCfg`` plays this part there).
+
+    Attributes:
+        name: the model's name.
+        summary: one line for people.
+        channels: 3 for RGB, 1 for grey (BT.601 Y) images.
+        quality_range: ``[low, high]``, the JPEG quality factors it was trained on.
+        inference: defaults for running it; ``tile``: the tile side that ``--tile auto`` uses
+            (None or absent: whole images).
+        training_data: the training images (folders, counts, what was held out).
+        training: the budget and recipe (steps, batch, crops, time, device, cumulative totals).
+        scores: validation and benchmark scores.
+        config: the architecture (:meth:`d2lnet.model.D2LNetConfig.to_dict`).
+        extra: any other key of the stored card, kept as is.
+    """
+
+    name: str
+    summary: str = ""
+    channels: int | None = None
+    quality_range: list[int] = field(default_factory=list)
+    inference: dict[str, Any] = field(default_factory=dict)
+    training_data: Any = None
+    training: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tile(self) -> int | None:
+        """The tile side the model runs best on (its training crop), or None for whole images."""
+        return self.inference.get("tile")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        extra = values.pop("extra")
+        return {**values, **extra}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelCard:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        if not isinstance(values.get("name"), str):
+            raise ValueError("a model card needs a name")
+        return cls(**{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known})
 
 
-def save_release(model: D2LNet, path: str | Path, card: dict) -> Path:
+def save_release(model: D2LNet, path: str | Path, card: ModelCard) -> Path:
     """Write ``model`` as fp16 safetensors with its config and ``card`` in the header, and the card
     as JSON beside it (``NAME.json``). Written to a temporary file first, then renamed."""
     path = Path(path)
-    card = {**card, "config": model.config.to_dict()}
+    card_dict = {**card.to_dict(), "channels": model.config.in_channels, "config": model.config.to_dict()}
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    metadata = {"d2lnet.config": json.dumps(model.config.to_dict()), "d2lnet.card": json.dumps(card)}
+    metadata = {"d2lnet.config": json.dumps(model.config.to_dict()), "d2lnet.card": json.dumps(card_dict)}
     with atomic_write(path) as f:
         f.write(safetensors.torch.save(tensors, metadata=metadata))
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    with atomic_write(path.with_suffix(".json")) as f:
+        f.write((json.dumps(card_dict, indent=2) + "\n").encode())
     return path
+
+
+def read_release(path: str | Path, weights: bool = True) -> tuple[D2LNetConfig, ModelCard, dict[str, torch.Tensor]]:
+    """(config, card, state dict) of a release file; the state dict is empty unless ``weights``.
+    Raises ValueError, in one line, for anything else."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if "d2lnet.config" not in metadata:
+                raise ValueError(f"{path} is not a d2lnet release file (no d2lnet configuration in its header)")
+            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a safetensors file ({str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+    try:
+        config = D2LNetConfig.from_dict(json.loads(metadata["d2lnet.config"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds a configuration this d2lnet cannot build: {error}") from None
+    stored = json.loads(metadata.get("d2lnet.card", "{}"))
+    card = ModelCard.from_dict({"name": path.stem, **stored, "channels": config.in_channels, "config": config.to_dict()})
+    return config, card, state
+
+
+def _read_checkpoint(path: Path, weights: bool) -> tuple[D2LNetConfig, ModelCard, dict[str, torch.Tensor]]:
+    checkpoint = Checkpoint.load(path)
+    card = ModelCard(
+        name=checkpoint.recipe.get("name", path.stem), summary=checkpoint.recipe.get("description", ""),
+        channels=checkpoint.config.in_channels, training={"steps": checkpoint.step, "images_seen": checkpoint.samples_seen},
+        config=checkpoint.config.to_dict(),
+    )  # fmt: skip
+    return checkpoint.config, card, checkpoint.weights if weights else {}
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -66,26 +143,19 @@ def _resolve(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"no pretrained model or file named {name!r}; bundled models: {', '.join(PRETRAINED)}")
 
 
-def _read(path: Path, weights: bool) -> tuple[D2LNetConfig, dict, dict[str, torch.Tensor]]:
-    """(config, card, state dict) of a release file, or of a training checkpoint (its EMA weights
-    when it has them); the state dict is empty unless ``weights``."""
+def _read(path: Path, weights: bool) -> tuple[D2LNetConfig, ModelCard, dict[str, torch.Tensor]]:
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if "d2lnet.config" not in metadata:
-                raise ValueError(f"{path} is not a d2lnet release file (no config in its metadata)")
-            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
-        return config_from_dict(json.loads(metadata["d2lnet.config"])), json.loads(metadata.get("d2lnet.card", "{}")), state
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
-        raise ValueError(f"{path} is not a d2lnet checkpoint")
-    card = {"name": path.stem, "config": checkpoint["config"], "step": checkpoint.get("step")}
-    state = (checkpoint.get("ema") or checkpoint["model"]) if weights else {}
-    return config_from_dict(checkpoint["config"]), card, state
+        return read_release(path, weights)
+    if path.suffix in (".pt", ".pth"):
+        try:
+            return _read_checkpoint(path, weights)
+        except CheckpointError as error:
+            raise ValueError(str(error)) from None
+    raise ValueError(f"{path} is neither a release file (.safetensors) nor a training checkpoint (.pt)")
 
 
-def model_card(name_or_path: str | Path) -> dict:
-    """The model card stored in a release file (or a training checkpoint's config and step)."""
+def model_card(name_or_path: str | Path) -> ModelCard:
+    """The model card of a bundled model, a release file or a training checkpoint."""
     return _read(_resolve(name_or_path), weights=False)[1]
 
 
@@ -93,15 +163,21 @@ def load_model(name_or_path: str | Path = DEFAULT_COLOR, device: str | torch.dev
     """A D2LNet in eval mode, from a bundled name (``d2lnet-s-color``, ``d2lnet-s-gray``), a release
     ``.safetensors`` file, or a training checkpoint (``.pt``: its EMA weights when it has them).
 
-    The model card is attached as ``model.card``.
+    The model card is attached as ``model.card`` (a :class:`ModelCard`). Raises FileNotFoundError
+    for a name or path that names nothing, ValueError (one line) for a file that is not a d2lnet
+    model or whose weights do not fit its configuration.
     """
-    config, card, state = _read(_resolve(name_or_path), weights=True)
+    path = _resolve(name_or_path)
+    config, card, state = _read(path, weights=True)
     model = D2LNet(config)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit the configuration it declares ({str(error).splitlines()[0]})") from None
     model.card = card
     return model.to(device).eval()
 
 
-def list_models() -> list[dict]:
+def list_models() -> list[ModelCard]:
     """The model cards of the bundled models that are installed."""
     return [model_card(name) for name, file in PRETRAINED.items() if (WEIGHTS_DIR / file).is_file()]

@@ -63,7 +63,7 @@ class Method:
             return {"name": self.name, "kind": "baseline: the decoded JPEG, not restored"}
         return {
             "name": self.name, "source": self.source, "in_channels": self.channels, "precision": self.restorer.precision,
-            "card": getattr(self.model, "card", {}),
+            "card": card.to_dict() if (card := getattr(self.model, "card", None)) else None,
         }  # fmt: skip
 
 
