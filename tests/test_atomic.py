@@ -19,19 +19,17 @@ def test_completed_write_replaces_the_file_with_ordinary_permissions(tmp_path: P
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
     path = tmp_path / "out.bin"
     path.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(path) as f:
-            f.write(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_write(path) as f:
+        f.write(b"half")
+        raise RuntimeError("interrupted")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]
 
 
 def test_failed_first_write_creates_nothing(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with atomic_write(tmp_path / "new.bin") as f:
-            f.write(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "new.bin") as f:
+        f.write(b"half")
+        raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == []
 
 

@@ -43,7 +43,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
     """Undo what a run changes in the process, and run outside torchrun."""

@@ -75,7 +75,7 @@ def test_crops_without_augmentation_are_pieces_of_the_image(tmp_path):
     data = JPEGTrainSet([tmp_path], crop=24, quality=QualitySampler(choices=(50,)), augment=False)
     for index in range(5):
         clean = data.sample(index)[0]
-        hits = [(t, l) for t in range(17) for l in range(25) if np.array_equal(image[t : t + 24, l : l + 24], clean)]
+        hits = [(t, c) for t in range(17) for c in range(25) if np.array_equal(image[t : t + 24, c : c + 24], clean)]
         assert hits
 
 

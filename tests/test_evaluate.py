@@ -26,11 +26,16 @@ from d2lnet.pretrained import ModelCard, load_model, save_release
 CELL = r"\d+\.\d{2} / \d\.\d{3} / \d+\.\d{2}"  # PSNR / SSIM / PSNR-B at the paper's decimals
 
 
-
 def independent_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """scikit-image's SSIM set up as Wang et al. (Gaussian sigma 1.5, population covariance)."""
     return structural_similarity(
-        a, b, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, channel_axis=2 if a.ndim == 3 else None
+        a,
+        b,
+        data_range=255,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        channel_axis=2 if a.ndim == 3 else None,
     )
 
 

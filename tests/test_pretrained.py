@@ -7,8 +7,8 @@ import torch
 from helpers import tiny_model
 
 import d2lnet.pretrained as pretrained
-from d2lnet.cli import main
 from d2lnet.checkpoint import Checkpoint
+from d2lnet.cli import main
 from d2lnet.pretrained import PRETRAINED, ModelCard, load_model, model_card, save_release
 
 
@@ -59,7 +59,7 @@ def test_unknown_names_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="bundled models"):
         load_model("no-such-model")
     (tmp_path / "x.safetensors").write_bytes(b"junk")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a safetensors file"):
         load_model(tmp_path / "x.safetensors")
 
 

@@ -29,7 +29,9 @@ def image_folder(tmp_path) -> Path:
     rng = np.random.default_rng(5)
     for i in range(8):
         y, x = np.mgrid[0:96, 0:96]
-        image = np.stack([128 + 100 * np.sin((x + 7 * i) / (4 + i)), 128 + 100 * np.cos(y / 6), (x // 12 + y // 12) % 2 * 200], -1)
+        image = np.stack(
+            [128 + 100 * np.sin((x + 7 * i) / (4 + i)), 128 + 100 * np.cos(y / 6), (x // 12 + y // 12) % 2 * 200], -1
+        )
         image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(folder / f"{i}.png")
     return folder
@@ -144,7 +146,7 @@ def test_release_is_fp16_with_a_card(image_folder, tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(release), framework="pt") as f:
-        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())  # noqa: SIM118 (a file, not a dict)
     assert json.loads(release.with_suffix(".json").read_text())["name"] == "smoke"
     model = load_model(release)
     assert model.config.width == 8 and not model.training
@@ -239,7 +241,11 @@ def test_bad_checkpoints_are_one_line_errors(image_folder, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     other = build("d2lnet-xs", width=12)
     Checkpoint(other.config, other.state_dict(), step=1, optimizer={}, scheduler={}, rng={}).save(tmp_path / "wide.pt")
-    cases = [("notes.txt", 1, "not a d2lnet checkpoint"), ("missing.pt", 1, "no checkpoint at"), ("wide.pt", 2, "different architecture")]
+    cases = [
+        ("notes.txt", 1, "not a d2lnet checkpoint"),
+        ("missing.pt", 1, "no checkpoint at"),
+        ("wide.pt", 2, "different architecture"),
+    ]
     for name, status, reason in cases:
         rc, err = _cli(capsys, *_smoke_args(image_folder, tmp_path / f"run-{name}"), "--resume", tmp_path / name)
         assert rc == status and len(err) == 1 and reason in err[0] and err[0].startswith("d2lnet train: error:"), err

@@ -6,4 +6,14 @@ from d2lnet.restore import restore_image
 
 __version__ = "0.1.0"
 
-__all__ = ["CONFIGS", "D2LNet", "D2LNetConfig", "PRETRAINED", "build", "list_models", "load_model", "restore_image", "__version__"]
+__all__ = [
+    "CONFIGS",
+    "D2LNet",
+    "D2LNetConfig",
+    "PRETRAINED",
+    "build",
+    "list_models",
+    "load_model",
+    "restore_image",
+    "__version__",
+]

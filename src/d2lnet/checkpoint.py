@@ -103,7 +103,13 @@ def rng_states() -> dict:
     """Every global random generator's state, as tensors and plain Python values (so that the
     checkpoint loads with ``weights_only=True``)."""
     name, key, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+    numpy_state = {
+        "name": name,
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "gauss": gauss,
+    }
     states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()

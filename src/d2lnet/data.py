@@ -24,12 +24,14 @@ from torch.utils.data import Dataset, Sampler
 from d2lnet import jpeg
 from d2lnet.images import ImageError, find_images_in, read_array, to_mode, to_tensor
 
+
 def split_holdout(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[Path]]:
     """Split ``files`` into (training, held out): about ``fraction`` of them, chosen by a hash of the name.
 
     Each file's membership depends on its name alone, so the split is the same in every run and
     session, and adding folders or shards never moves a held-out image into training.
     """
+
     def held(path: Path) -> bool:
         return int.from_bytes(hashlib.sha256(path.name.encode()).digest()[:8], "big") < fraction * 2**64
 
@@ -116,7 +118,10 @@ class JPEGTrainSet(Dataset):
                 print(f"warning: skipping unreadable training image {path}: {error}", file=sys.stderr)
                 continue
             if min(image.shape[:2]) < crop:
-                print(f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the {crop}px crop", file=sys.stderr)
+                print(
+                    f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the {crop}px crop",
+                    file=sys.stderr,
+                )
                 continue
             self.files.append(path)
             if self.images is not None:
@@ -179,7 +184,9 @@ class StepSampler(Sampler[int]):
     every rank sees different samples and a resumed run continues exactly where it stopped.
     """
 
-    def __init__(self, batch_size: int, start_step: int = 0, steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, batch_size: int, start_step: int = 0, steps: int | None = None, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.batch_size, self.start_step, self.steps = batch_size, start_step, steps
         self.rank, self.world_size = rank, world_size
 

@@ -167,14 +167,14 @@ class Restorer:
         boxes = [(top, left) for top in rows for left in cols]
         for i in range(0, len(boxes), self.tile_batch):
             batch = boxes[i : i + self.tile_batch]
-            tiles = torch.cat([x[..., t : t + tile, l : l + tile] for t, l in batch])
+            tiles = torch.cat([x[..., top : top + tile, left : left + tile] for top, left in batch])
             restored = self._forward(tiles, quality).cpu()
-            for (t, l), y in zip(batch, restored):
-                wy = blend_ramp(tile, overlap, t > 0, t + tile < padded_h)
-                wx = blend_ramp(tile, overlap, l > 0, l + tile < padded_w)
+            for (top, left), y in zip(batch, restored):
+                wy = blend_ramp(tile, overlap, top > 0, top + tile < padded_h)
+                wx = blend_ramp(tile, overlap, left > 0, left + tile < padded_w)
                 wt = wy[:, None] * wx[None, :]
-                out[0, :, t : t + tile, l : l + tile] += y * wt
-                weight[0, 0, t : t + tile, l : l + tile] += wt
+                out[0, :, top : top + tile, left : left + tile] += y * wt
+                weight[0, 0, top : top + tile, left : left + tile] += wt
         return (out / weight)[..., :h, :w]
 
     def restore(self, image: np.ndarray, quality: int | None = None) -> np.ndarray:

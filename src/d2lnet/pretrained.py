@@ -103,9 +103,11 @@ def read_release(path: str | Path, weights: bool = True) -> tuple[D2LNetConfig, 
             metadata = f.metadata() or {}
             if "d2lnet.config" not in metadata:
                 raise ValueError(f"{path} is not a d2lnet release file (no d2lnet configuration in its header)")
-            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
+            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}  # noqa: SIM118 (a file, not a dict)
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a safetensors file ({str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+        raise ValueError(
+            f"{path} is not a safetensors file ({str(error).splitlines()[0] if str(error) else 'unreadable'})"
+        ) from None
     try:
         config = D2LNetConfig.from_dict(json.loads(metadata["d2lnet.config"]))
     except (TypeError, ValueError) as error:

@@ -30,6 +30,7 @@ from d2lnet.restore import default_model, restore_pil
 
 T = TypeVar("T")
 
+
 class ModelError(CommandError):
     """A model that cannot be loaded: reported in one line, exit status 1, nothing more is tried."""
 

@@ -441,7 +441,9 @@ class Optimisation:
     def resume(self, checkpoint: Checkpoint, source: str) -> None:
         """Continue from ``checkpoint``: weights, EMA, optimiser, schedule, step and RNG states."""
         if checkpoint.config != self.model.config:
-            raise UsageError(f"{source} holds a different architecture than this recipe builds: {checkpoint.config} vs {self.model.config}")
+            raise UsageError(
+                f"{source} holds a different architecture than this recipe builds: {checkpoint.config} vs {self.model.config}"
+            )
         if not checkpoint.resumable:
             raise UsageError(f"{source} holds weights only (no optimiser state): fine-tune from it with model.init_from instead")
         self.model.load_state_dict(checkpoint.model)
@@ -719,7 +721,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
     state = Optimisation.create(model, config.optim)
     if start_from is not None:
         state.resume(start_from, str(resume if str(resume) != "auto" else folder.checkpoint))
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if process.world_size > 1 else model
+    net = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if process.world_size > 1
+        else model
+    )
 
     # Data.
     dataset, loader = training_data(config, process, state.step, pin_memory=device.type == "cuda")
@@ -778,7 +784,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
             signal.Signals[stop_reason],
         )
     if process.is_main:
-        print(f"{config.name}: {stop_reason} at step {state.step} ({minutes:.1f} min); checkpoint {folder.checkpoint}", file=sys.stderr)
+        print(
+            f"{config.name}: {stop_reason} at step {state.step} ({minutes:.1f} min); checkpoint {folder.checkpoint}",
+            file=sys.stderr,
+        )
         budget = training_budget(config, state.step, process.world_size, minutes, device)
         save_release(state.weights, folder.release, release_card(config, budget, len(dataset), last_val))
     if process.world_size > 1:

@@ -97,7 +97,6 @@ def suite_tables(means: Sequence[MeanScore], paper_sets: dict[str, str]) -> list
     return tables
 
 
-
 # --------------------------------------------------------------------------- the suite
 
 
@@ -191,10 +190,16 @@ def annotate_with_paper(means: Sequence[MeanScore], paper_sets: dict[str, str]) 
 def paper_rows() -> list[dict]:
     """:data:`PAPER` as flat JSON rows."""
     return [
-        {"table": PAPER_TABLE[mode], "mode": mode, "set": s, "quality": q, "method": method, **dict(zip(("psnr", "ssim", "psnrb"), v))}
+        {
+            "table": PAPER_TABLE[mode],
+            "mode": mode,
+            "set": s,
+            "quality": q,
+            "method": method,
+            **dict(zip(("psnr", "ssim", "psnrb"), v)),
+        }
         for mode, sets in PAPER.items()
         for s, by_quality in sets.items()
         for q, methods in by_quality.items()
         for method, v in methods.items()
     ]
-

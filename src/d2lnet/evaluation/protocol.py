@@ -107,4 +107,3 @@ def mean_scores(rows: Iterable[ImageScore]) -> list[MeanScore]:
     for r in rows:
         groups.setdefault((r.set, r.mode, r.quality, r.method), []).append(r.scores)
     return [MeanScore(*key, len(s), *(float(v) for v in np.mean(s, axis=0))) for key, s in groups.items()]
-

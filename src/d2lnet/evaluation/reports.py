@@ -75,7 +75,6 @@ def means_tables(means: Sequence[MeanScore]) -> list[Table]:
     return tables
 
 
-
 def quality_tables(means: Sequence[MeanScore]) -> list[Table]:
     """Per set: a row per QF, each method's scores, and each model's PSNR gain over JPEG."""
     tables = []
@@ -91,7 +90,9 @@ def quality_tables(means: Sequence[MeanScore]) -> list[Table]:
                 line += [f"{by_key[q, n].psnr - by_key[q, JPEG_METHOD].psnr:+.2f}" for n in models]
             body.append(line)
         gains = [f"Δ PSNR {n}" for n in models] if JPEG_METHOD in methods else []
-        tables.append(Table(f"{s}: mean PSNR (dB) / SSIM / PSNR-B (dB) against the JPEG quality factor", ["QF", *methods, *gains], body))
+        tables.append(
+            Table(f"{s}: mean PSNR (dB) / SSIM / PSNR-B (dB) against the JPEG quality factor", ["QF", *methods, *gains], body)
+        )
     return tables
 
 
@@ -137,6 +138,7 @@ def plot_quality_curves(means: Sequence[MeanScore], path: Path) -> None:
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=120)
 
+
 # --------------------------------------------------------------------------- images for people
 
 
@@ -159,11 +161,15 @@ class OutputWriter:
             folder = self.images / (method.name if self.per_model else "") / images.name / str(quality)
             write_image(Image.fromarray(outputs.output), folder / f"{path.stem}.png", overwrite=True)
         if self.crops is not None and index < CROP_IMAGES:
-            panel = side_by_side([outputs.degraded, outputs.output, outputs.truth], [f"JPEG q{quality}", method.name, "ground truth"])
+            panel = side_by_side(
+                [outputs.degraded, outputs.output, outputs.truth], [f"JPEG q{quality}", method.name, "ground truth"]
+            )
             write_image(panel, self.crops / f"{images.name}_q{quality}_{path.stem}_{method.name}.png", overwrite=True)
 
 
-def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str], size: int = CROP_SIZE, scale: int = CROP_SCALE) -> Image.Image:
+def side_by_side(
+    panels: Sequence[np.ndarray], labels: Sequence[str], size: int = CROP_SIZE, scale: int = CROP_SCALE
+) -> Image.Image:
     """Centre crops of same-sized images side by side, each upscaled ``scale`` times with nearest
     neighbours (so that blocking and ringing stay visible) and labelled above."""
     gap, band = 4, 20
@@ -237,4 +243,3 @@ def write_json(path: str | Path, document: dict) -> None:
             text = json.dumps(value, indent=1).replace("\n", "\n ")
         items.append(f" {json.dumps(key)}: {text}")
     write_text(path, "{\n" + ",\n".join(items) + "\n}\n")
-
