@@ -21,6 +21,26 @@ def test_split_matches_numpy_and_round_trips(shape, norm):
     np.testing.assert_allclose(back.numpy(), x.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("norm, scale", [("ortho", 1 / 2), ("backward", 1.0)])
+def test_hand_computed_2x2(norm, scale):
+    """Eq. (3) on [[1, 2], [3, 4]]: sums +-1 +-2 +-3 +-4 over sqrt(HW) = 2 (ortho) or 1 (backward):
+    F = [[10, -2], [-4, 0]] * scale. Eq. (4) takes magnitudes; eq. (5), the four-quadrant angle,
+    puts the negative real coefficients at pi and the zero coefficient at 0."""
+    amplitude, phase = amplitude_phase(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), norm)
+    np.testing.assert_allclose(amplitude[0, 0].numpy(), np.array([[10, 2], [4, 0]]) * scale, atol=1e-6)
+    wrapped = np.angle(np.exp(1j * (phase[0, 0].numpy() - [[0, np.pi], [np.pi, 0]])))  # pi and -pi are one angle
+    np.testing.assert_allclose(wrapped, 0, atol=1e-6)
+
+
+def test_hand_computed_phases_in_every_quadrant():
+    """For x = [0, 1, 1, 0] (H = 1, W = 4) eq. (3) gives F(v) = (e^{-i pi v/2} + e^{-i pi v}) / 2:
+    F(0) = 1, F(1) = (-1 - i) / 2 (third quadrant, a plain arctan(I/R) would put it in the first),
+    F(2) = 0; and for [1, 1, 0, 0], F(1) = (1 - i) / 2 (fourth quadrant)."""
+    amplitude, phase = amplitude_phase(torch.tensor([[[[0.0, 1.0, 1.0, 0.0]], [[1.0, 1.0, 0.0, 0.0]]]]))
+    np.testing.assert_allclose(amplitude[0, :, 0].numpy(), [[1, np.sqrt(0.5), 0], [1, np.sqrt(0.5), 0]], atol=1e-6)
+    np.testing.assert_allclose(phase[0, :, 0, :2].numpy(), [[0, -3 * np.pi / 4], [0, -np.pi / 4]], atol=1e-6)
+
+
 def test_ortho_is_the_paper_normalisation():
     """Eq. (3) divides by sqrt(HW): the DC coefficient of an all-ones H x W image is sqrt(HW)."""
     amplitude, _ = amplitude_phase(torch.ones(1, 1, 12, 27), "ortho")
