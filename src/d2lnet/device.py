@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -185,3 +186,39 @@ def set_threads(threads: int | None) -> int:
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     return threads
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+class Compiled:
+    """``torch.compile(module)`` where it works, ``module`` itself where it does not.
+
+    Inductor fuses the elementwise work around the convolutions (the Fourier branches, norms
+    and attention gates), which is most of a D2LNet's CPU time in bf16. Compiling costs
+    minutes on a small CPU the first time; Inductor's on-disk cache makes later processes
+    faster. The first call compiles (``compile_seconds``); if compilation fails (no C++
+    compiler, an unsupported backend), a one-line warning goes to stderr and every call
+    runs ``module`` eagerly (``error`` says why).
+    """
+
+    def __init__(self, module: torch.nn.Module, **options) -> None:
+        self.module = module
+        self._compiled = torch.compile(module, **options)
+        self.compile_seconds: float | None = None
+        self.error: str | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is None:
+            return self.module(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            out = self._compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any compiler or backend failure: run eagerly
+            self.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            self._compiled = None
+            print(f"warning: torch.compile failed, running without it ({self.error})", file=sys.stderr)
+            return self.module(*args, **kwargs)
+        if self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - start
+        return out

@@ -1,4 +1,4 @@
-"""CPU thread defaults (d2lnet.device): one thread per idle CPU, read from /proc/stat."""
+"""The machine (d2lnet.device): CPU thread defaults, one per idle CPU, read from /proc/stat; compilation with a fallback."""
 
 from __future__ import annotations
 
@@ -41,3 +41,21 @@ def test_set_threads_obeys_an_explicit_count_and_refuses_zero():
             device.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_compiled_falls_back_to_the_module_with_one_warning(monkeypatch, capsys):
+    def broken_compile(module, **options):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found\nlong backend trace")
+
+        return run
+
+    monkeypatch.setattr(device.torch, "compile", broken_compile)
+    module = torch.nn.Linear(3, 2)
+    compiled = device.Compiled(module)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(compiled(x), module(x))
+    torch.testing.assert_close(compiled(x), module(x))  # and stays eager, without warning again
+    err = capsys.readouterr().err
+    assert err.count("warning: torch.compile failed") == 1 and "no C++ compiler found" in err and "trace" not in err
+    assert compiled.error.startswith("RuntimeError") and compiled.compile_seconds is None
