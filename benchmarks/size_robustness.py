@@ -1,0 +1,100 @@
+"""Whole images against tiles, on training images held out of training (never the test sets).
+
+For each model, quality and inference policy (whole image, or tiles of N pixels), the mean PSNR
+of the restored held-out images, next to JPEG's. The policy that scores best decides the model
+card's ``inference.tile``; a size-robust model loses nothing on whole images.
+
+    python benchmarks/size_robustness.py --model d2lnet-s-color --tiles 0 96 --out benchmarks/results/size_robustness
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import cpu_name, cpu_isa
+from d2lnet import jpeg, metrics
+from d2lnet.data import split_holdout
+from d2lnet.engine import Restorer
+from d2lnet.images import find_images_in, read_array, to_mode
+from d2lnet.pretrained import load_model
+
+
+def held_out_images(data: Path, fraction: float, limit: int, gray: bool) -> list[tuple[str, np.ndarray]]:
+    """The first ``limit`` held-out training images (the split the recipes validate on), cut to the 8x8 grid."""
+    _, held = split_holdout(find_images_in([data]), fraction)
+    images = []
+    for path in held[:limit]:
+        image = to_mode(read_array(path), gray)
+        h, w = image.shape[:2]
+        images.append((path.name, np.ascontiguousarray(image[: h // 8 * 8, : w // 8 * 8])))
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", default=["d2lnet-s-color"], help="bundled names or weights files")
+    parser.add_argument("--data", default=os.environ.get("D2LNET_DATA", "../shared/data") + "/train")
+    parser.add_argument("--holdout", type=float, default=0.05, help="the recipes' [data] holdout")
+    parser.add_argument("--limit", type=int, default=12)
+    parser.add_argument("--quality", type=int, nargs="+", default=[10, 30, 50, 70, 90, 95])
+    parser.add_argument("--tiles", type=int, nargs="+", default=[0, 96], help="0: whole images")
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="", help="write OUT.json and OUT.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    results = []
+    for name in args.model:
+        model = load_model(name)
+        gray = model.config.in_channels == 1
+        images = held_out_images(Path(args.data), args.holdout, args.limit, gray)
+        pairs = {qf: [(gt, jpeg.roundtrip(gt, qf)) for _, gt in images] for qf in args.quality}
+        for tile in args.tiles:
+            restorer = Restorer(model, "cpu", args.precision, tile or None, args.overlap)
+            for qf in args.quality:
+                start = time.perf_counter()
+                psnr = [metrics.psnr(gt, restorer.restore(lq, qf)) for gt, lq in pairs[qf]]
+                row = {"model": name, "tile": tile or "whole", "quality": qf, "psnr": float(np.mean(psnr)),
+                       "psnr_jpeg": float(np.mean([metrics.psnr(gt, lq) for gt, lq in pairs[qf]])),
+                       "seconds": time.perf_counter() - start}  # fmt: skip
+                results.append(row)
+                print(json.dumps(row), flush=True)
+
+    document = {"cpu": cpu_name(), "isa": cpu_isa(), "threads": args.threads, "precision": args.precision,
+                "images": [n for n, _ in images], "holdout": args.holdout, "results": results}  # fmt: skip
+    if args.out:
+        Path(args.out + ".json").write_text(json.dumps(document, indent=2) + "\n")
+        Path(args.out + ".md").write_text(markdown(document))
+    print(markdown(document))
+
+
+def markdown(document: dict) -> str:
+    """One table per model: PSNR per quality and policy, and whole minus the best tiling."""
+    lines = [f"Held-out training images ({len(document['images'])}), {document['cpu']} ({document['isa']}), "
+             f"{document['threads']} thread(s), precision {document['precision']}.", ""]  # fmt: skip
+    for name in dict.fromkeys(r["model"] for r in document["results"]):
+        rows = [r for r in document["results"] if r["model"] == name]
+        tiles = list(dict.fromkeys(str(r["tile"]) for r in rows))
+        lines += [f"### {name}", "", "| QF | JPEG | " + " | ".join(f"tile {t}" if t != "whole" else "whole" for t in tiles) + " | whole - best tile |",
+                  "|---:|---:|" + "---:|" * (len(tiles) + 1)]  # fmt: skip
+        for qf in dict.fromkeys(r["quality"] for r in rows):
+            by_tile = {str(r["tile"]): r["psnr"] for r in rows if r["quality"] == qf}
+            jpeg_psnr = next(r["psnr_jpeg"] for r in rows if r["quality"] == qf)
+            tiled = [v for t, v in by_tile.items() if t != "whole"]
+            delta = f"{by_tile['whole'] - max(tiled):+.3f}" if "whole" in by_tile and tiled else ""
+            lines.append(f"| {qf} | {jpeg_psnr:.3f} | " + " | ".join(f"{by_tile[t]:.3f}" for t in tiles) + f" | {delta} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
