@@ -157,11 +157,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-megapixels", type=float, default=16.0, metavar="MP",
                    help="refuse larger images (checked from the header, before decoding)")  # fmt: skip
     p.add_argument("--model", default=None, metavar="NAME|PATH",
-                   help="bundled model name or weights file for every image (default: the bundled colour or grey model by image)")  # fmt: skip
+                   help="bundled model name or weights file for every image; None: the bundled colour or grey model by image")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="as for restore")
     p.add_argument("--tile", default="auto", metavar="auto|0|N", help="as for restore")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (None: PyTorch's choice)")
     p.set_defaults(func=_run_serve)
 
 
