@@ -171,11 +171,34 @@ def _run_serve(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX (needs the [onnx] extra)",
+        description="Export a model to an ONNX file (opset 20, float32) that restores images of any size: inputs "
+        "image (B, C, H, W) in [0, 1] and quality (B,) or (1,), the JPEG quality factor, 0 meaning unknown; output "
+        "restored (B, C, H, W) in [0, 1]. The file's metadata records this. Then, with onnxruntime installed, "
+        'checks the file against PyTorch. Needs onnx and onnxscript: pip install "d2lnet[onnx]".',
+    )
+    p.add_argument("model", metavar="MODEL", help="bundled model name (e.g. d2lnet-s-color) or weights file")
+    p.add_argument("-o", "--output", default=None, help="ONNX file to write (default: MODEL.onnx in the current folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the comparison with PyTorch (default: compare, when onnxruntime is installed)")  # fmt: skip
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from d2lnet.export import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2lnet", description="JPEG artifact removal with D2LNet.")
     parser.add_argument("--version", action="version", version=f"d2lnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_restore, _add_eval, _add_train, _add_models, _add_serve):
+    for add in (_add_restore, _add_eval, _add_train, _add_models, _add_serve, _add_export):
         add(sub)
     return parser
 
