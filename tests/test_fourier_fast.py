@@ -1,8 +1,9 @@
 """The fast Fourier forms compute eqs. (7), (8) and (13) exactly as the literal reference does.
 
-The reference below is the equations to the letter: split the spectrum into amplitude and
-phase with atan2 (eqs. 4-5), refine one, rebuild with cos and sin (eq. 8). The model's
-blocks skip the angle where they can; values and gradients must agree in float32.
+The references (``DualDomainBlock.fourier_literal``, ``fourier.swap_amplitude_literal``) are the
+equations to the letter: split the spectrum into amplitude and phase with atan2 (eqs. 4-5),
+refine one, rebuild with cos and sin (eq. 8). The model's blocks skip the angle where they
+can; values and gradients must agree. (test_equations.py pins the blocks to NumPy.)
 """
 
 from __future__ import annotations
@@ -11,23 +12,8 @@ import pytest
 import torch
 
 from d2lnet import model as model_module
-from d2lnet.fourier import amplitude_phase, from_amplitude_phase, with_amplitude
+from d2lnet.fourier import swap_amplitude_literal, with_amplitude
 from d2lnet.model import DualDomainBlock, build
-
-
-def literal_fourier(block: DualDomainBlock, f_x: torch.Tensor) -> torch.Tensor:
-    amplitude, phase = amplitude_phase(f_x, block.fft_norm)  # eq. (7)
-    if block.corrects == "amplitude":
-        amplitude = block.spectral(amplitude)
-    else:
-        phase = block.spectral(phase)
-    return from_amplitude_phase(amplitude, phase, f_x.shape[-2:], block.fft_norm)  # eq. (8)
-
-
-def literal_swap(amplitude_from: torch.Tensor, phase_from: torch.Tensor, norm: str = "ortho") -> torch.Tensor:
-    amplitude, _ = amplitude_phase(amplitude_from, norm)
-    _, phase = amplitude_phase(phase_from, norm)
-    return from_amplitude_phase(amplitude, phase, phase_from.shape[-2:], norm)  # eq. (13)
 
 
 def _values_and_grads(module, *inputs, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -59,7 +45,7 @@ def test_fast_blocks_match_the_literal_equations_in_float32(monkeypatch, overrid
     block = getattr(build("d2lnet-xs", **overrides), stage).encoder[1]
     x, cond = torch.randn(2, 8, 20, 36), torch.randn(2, 16)
     fast = _values_and_grads(block, x, cond)
-    monkeypatch.setattr(DualDomainBlock, "fourier", literal_fourier)
+    monkeypatch.setattr(DualDomainBlock, "fourier", DualDomainBlock.fourier_literal)
     _assert_same(fast, _values_and_grads(block, x, cond), rtol=1e-5)
 
 
@@ -73,8 +59,8 @@ def _busy_float64(**overrides):
 
 
 def _use_literal_forms(monkeypatch) -> None:
-    monkeypatch.setattr(DualDomainBlock, "fourier", literal_fourier)
-    monkeypatch.setattr(model_module, "swap_amplitude", literal_swap)
+    monkeypatch.setattr(DualDomainBlock, "fourier", DualDomainBlock.fourier_literal)
+    monkeypatch.setattr(model_module, "swap_amplitude", swap_amplitude_literal)
 
 
 def test_fast_network_matches_the_literal_equations_released_order(monkeypatch):

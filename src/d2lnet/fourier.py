@@ -109,3 +109,12 @@ def swap_amplitude(
     _, new_amplitude = spectrum(amplitude_from, norm)
     s, amplitude = spectrum(phase_from, norm)
     return inverse(with_amplitude(s, amplitude, new_amplitude), phase_from.shape[-2:], norm)
+
+
+def swap_amplitude_literal(
+    amplitude_from: torch.Tensor, phase_from: torch.Tensor, norm: FFTNorm = "ortho"
+) -> torch.Tensor:
+    """:func:`swap_amplitude` as eq. (13) reads, through the angle: the reference it is tested against."""
+    amplitude, _ = amplitude_phase(amplitude_from, norm)
+    _, phase = amplitude_phase(phase_from, norm)
+    return from_amplitude_phase(amplitude, phase, phase_from.shape[-2:], norm)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lnet.fourier import FFTNorm, from_amplitude_phase, inverse, phase_of, spectrum, swap_amplitude, with_amplitude
+from d2lnet.fourier import FFTNorm, amplitude_phase, from_amplitude_phase, inverse, phase_of, spectrum, swap_amplitude, with_amplitude
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,15 @@ class DualDomainBlock(nn.Module):
         else:
             f_fre = from_amplitude_phase(amplitude, self.spectral(phase_of(s).to(dtype)), size, self.fft_norm)
         return f_fre.to(dtype)
+
+    def fourier_literal(self, f_x: torch.Tensor) -> torch.Tensor:
+        """:meth:`fourier` as eqs. (7) and (8) read, angle and all: the reference it is tested against."""
+        amplitude, phase = amplitude_phase(f_x, self.fft_norm)  # eq. (7)
+        if self.corrects == "amplitude":
+            amplitude = self.spectral(amplitude)
+        else:
+            phase = self.spectral(phase)
+        return from_amplitude_phase(amplitude, phase, f_x.shape[-2:], self.fft_norm).to(f_x.dtype)  # eq. (8)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         f_x = self.project(x)
