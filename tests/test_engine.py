@@ -156,3 +156,34 @@ def test_deterministic(rgb_image: np.ndarray) -> None:
     tiled = [Restorer(tiny_model("busy"), "cpu", tile=16, overlap=8).restore(rgb_image, 20) for _ in range(2)]
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(tiled[0], tiled[1])
+
+
+# --------------------------------------------------------------------------- self-ensemble
+
+
+def test_tta_is_the_mean_over_the_8_flips_and_rotations_on_the_jpeg_grid(rgb_image: np.ndarray) -> None:
+    """Reference in numpy: pad the 45x61 image to 48x64 by replicating its last row and column,
+    restore each of the 8 transforms with the plain engine, undo the transform, average, crop."""
+    model = tiny_model("busy")
+    plain = Restorer(model, "cpu", tile=None, precision="fp32")
+    padded = np.pad(rgb_image.astype(np.float32) / 255, ((0, 3), (0, 3), (0, 0)), mode="edge")
+    outputs = []
+    for flip in (False, True):
+        for turns in range(4):
+            x = np.rot90(padded, turns)
+            x = x[:, ::-1] if flip else x
+            y = plain.restore_tensor(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None], 20)[0]
+            y = y.numpy().transpose(1, 2, 0)
+            y = y[:, ::-1] if flip else y
+            outputs.append(np.rot90(y, -turns))
+    expected = np.clip(np.round(np.mean(outputs, axis=0)[:45, :61] * 255), 0, 255).astype(np.uint8)
+    restored = Restorer(model, "cpu", tile=None, precision="fp32", tta=True).restore(rgb_image, 20)
+    assert np.abs(restored.astype(int) - expected).max() <= 1  # float sums in another order
+    assert np.mean(restored != plain.restore(rgb_image, 20)) > 0.1  # and it is not the plain restoration
+
+
+def test_tta_of_a_pointwise_model_is_the_model(rgb_image: np.ndarray) -> None:
+    model = PointwiseModel()
+    restored = Restorer(model, "cpu", tile=16, overlap=8, tta=True).restore(rgb_image)
+    np.testing.assert_array_equal(restored, pointwise_reference(rgb_image))
+    assert {shape[-2:] for shape in model.calls} == {(16, 16)} and len(model.calls) > 8

@@ -16,6 +16,7 @@ from PIL import Image
 import d2lnet
 import d2lnet.restore as restore_module
 from d2lnet.engine import Restorer
+from d2lnet.metrics import psnr
 from d2lnet.model import D2LNet
 from d2lnet.restore import restore_image
 
@@ -106,11 +107,33 @@ def test_restore_image_rejects_bad_input(rgb_image: np.ndarray) -> None:
     model = tiny_model("identity")
     with pytest.raises(TypeError, match="uint8"):
         restore_image(rgb_image.astype(np.float32), model)
-    with pytest.raises(ValueError, match="convert it to RGB first"):
-        restore_image(Image.fromarray(rgb_image).convert("CMYK"), model)
-    with pytest.raises(ValueError, match="palette"):
-        restore_image(Image.fromarray(rgb_image).convert("P"), model)
+    with pytest.raises(ValueError, match="floating-point"):
+        restore_image(Image.fromarray(rgb_image[..., 0].astype(np.float32)), model)
     with pytest.raises(ValueError, match="1 to 100"):
         restore_image(rgb_image, model, quality=0)
     with pytest.raises(TypeError):
         restore_image(io.BytesIO(), model)
+
+
+def test_other_kinds_are_converted_first(rgb_image: np.ndarray) -> None:
+    model = tiny_model("identity")
+    for mode in ("CMYK", "P", "1"):
+        image = Image.fromarray(rgb_image).convert(mode)
+        expected = image.convert("L" if mode == "1" else "RGB")  # Pillow's own conversion
+        out = restore_image(image, model)
+        assert out.mode == expected.mode
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+
+
+def test_a_jpeg_opened_from_its_file_is_projected_onto_it(tmp_path, rgb_image: np.ndarray) -> None:
+    """The identity "restores" a JPEG to its decoded pixels; projecting them onto the file's
+    quantization intervals (on by default) brings them nearer the original here, whose colours
+    the decoder's chroma upsampling blurs."""
+    pytest.importorskip("jpeglib")
+    Image.fromarray(rgb_image).save(tmp_path / "a.jpg", quality=90)
+    with Image.open(tmp_path / "a.jpg") as opened:
+        decoded = np.asarray(opened.convert("RGB"))
+        plain = np.asarray(restore_image(opened, tiny_model("identity"), project_jpeg=False))
+        projected = np.asarray(restore_image(opened, tiny_model("identity")))
+    np.testing.assert_array_equal(plain, decoded)
+    assert psnr(rgb_image, projected) > psnr(rgb_image, decoded)

@@ -15,6 +15,7 @@ conditioning ignore it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -54,6 +55,13 @@ _BYTES_PER_PIXEL_PER_WIDTH = 80
 FALLBACK_TILE = 512
 
 
+def host_bytes(height: int, width: int, channels: int) -> int:
+    """Host memory to restore an image, besides the network's own (which tiling bounds): the
+    decoded image and its uint8 copies, the float input and its padded copy, the blended
+    output and the blending weights."""
+    return height * width * (channels * (4 * 1 + 3 * 4) + 4)
+
+
 def auto_tile(model: D2LNet, height: int, width: int, device: torch.device, precision: Precision = "fp32") -> int | None:
     """The tile size that ``--tile auto`` uses for an image: the model card's preferred tile
     (:attr:`d2lnet.pretrained.ModelCard.tile`, None meaning whole images) unless the whole image would need
@@ -86,6 +94,10 @@ class Restorer:
             of memory is restored again in tiles.
         overlap: overlap between neighbouring tiles (a multiple of 8).
         tile_batch: how many tiles go through the network together.
+        tta: average the restorations of the 8 flips and rotations of the image (a self-ensemble,
+            8 times the work; see :func:`self_ensemble`).
+
+    ``on_tiles``, when set, is called with the number of tiles each time a batch of them is done.
     """
 
     def __init__(
@@ -96,6 +108,7 @@ class Restorer:
         tile: TileSpec = None,
         overlap: int = 32,
         tile_batch: int = 4,
+        tta: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
@@ -112,7 +125,8 @@ class Restorer:
         self.memory_format = torch.channels_last if self.device.type == "cpu" or precision != "fp32" else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.precision = precision
-        self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
+        self.tile, self.overlap, self.tile_batch, self.tta = tile, overlap, tile_batch, tta
+        self.on_tiles: Callable[[int], None] | None = None
 
     @property
     def channels(self) -> int:
@@ -137,9 +151,23 @@ class Restorer:
         with autocast(self.device, self.precision):
             return self.model(x, quality).out2.float()
 
+    def tiles_for(self, height: int, width: int) -> int:
+        """How many tiles an image of this size is restored in (1: whole), over all TTA passes."""
+        tile = self.tile_for(height, width)
+        if tile is None:
+            count = 1
+        else:
+            count = len(tile_layout(height, tile, self.overlap)[0]) * len(tile_layout(width, tile, self.overlap)[0])
+        return count * (len(DIHEDRAL) if self.tta else 1)
+
     @torch.inference_mode()
     def restore_tensor(self, x: torch.Tensor, quality: int | None = None) -> torch.Tensor:
         """Restore a float (1, C, H, W) image in [0, 1]; returns it on the CPU, unclamped."""
+        if self.tta:
+            return self_ensemble(x, lambda y: self._restore_once(y, quality))
+        return self._restore_once(x, quality)
+
+    def _restore_once(self, x: torch.Tensor, quality: int | None) -> torch.Tensor:
         h, w = x.shape[-2:]
         tile = self.tile_for(h, w)
         if tile is not None:
@@ -169,6 +197,8 @@ class Restorer:
             batch = boxes[i : i + self.tile_batch]
             tiles = torch.cat([x[..., top : top + tile, left : left + tile] for top, left in batch])
             restored = self._forward(tiles, quality).cpu()
+            if self.on_tiles is not None:
+                self.on_tiles(len(batch))
             for (top, left), y in zip(batch, restored):
                 wy = blend_ramp(tile, overlap, top > 0, top + tile < padded_h)
                 wx = blend_ramp(tile, overlap, left > 0, left + tile < padded_w)
@@ -185,6 +215,36 @@ class Restorer:
             kind = "grey" if self.channels == 1 else "RGB"
             raise ValueError(f"this model restores {kind} images ({self.channels} channel(s)); got {channels} channel(s)")
         return to_image(self.restore_tensor(to_tensor(image)[None], quality)[0]).reshape(image.shape)
+
+
+# --------------------------------------------------------------------------- self-ensemble
+
+# The 8 flips and rotations of the square: (quarter turns, then a left-right flip).
+DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
+
+
+def dihedral(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """``x`` (..., H, W) turned ``turns`` quarter turns counter-clockwise, then flipped left-right."""
+    x = torch.rot90(x, turns, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def undo_dihedral(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """The inverse of :func:`dihedral`."""
+    return torch.rot90(x.flip(-1) if flip else x, -turns, dims=(-2, -1))
+
+
+def self_ensemble(x: torch.Tensor, restore: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The mean of ``restore`` over the 8 flips and rotations of ``x`` (1, C, H, W), each undone.
+
+    The JPEG grid stays aligned: the image is first padded (replicating its last row and column,
+    as JPEG encoders pad partial blocks) to a multiple of 8 on each side, so that every flip and
+    rotation maps 8x8 blocks onto 8x8 blocks, each starting at a multiple of 8.
+    """
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (0, -w % JPEG_BLOCK, 0, -h % JPEG_BLOCK), mode="replicate")
+    total = sum(undo_dihedral(restore(dihedral(padded, turns, flip)), turns, flip) for turns, flip in DIHEDRAL)
+    return (total / len(DIHEDRAL))[..., :h, :w]
 
 
 def parse_tile(text: str) -> TileSpec:

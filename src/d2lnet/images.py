@@ -17,9 +17,10 @@ mode, too large) raises :class:`ImageError` with a one-line reason.
 from __future__ import annotations
 
 import io
+import re
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +39,6 @@ SUPPORTED_MODES = ("L", "LA", "RGB", "RGBA")
 JPEG_OUTPUT_QUALITY = 95
 _EXIF_ORIENTATION = 0x0112
 _JPEG_MAX_EXIF = 65533  # an APP1 segment's payload limit
-
-_MODE_HINTS = {
-    "CMYK": "CMYK images are not supported; convert it to RGB first",
-    "P": "palette images are not supported; convert it to RGB (or RGBA) first",
-    "PA": "palette images are not supported; convert it to RGBA first",
-    "1": "1-bit images are not supported; convert it to L (8-bit grey) first",
-    "I;16": "16-bit images are not supported; convert it to 8 bits (L or RGB) first",
-    "I": "32-bit integer images are not supported; convert it to 8 bits (L or RGB) first",
-    "F": "floating-point images are not supported; convert it to 8 bits (L or RGB) first",
-}
-
 
 # --------------------------------------------------------------------------- arrays and tensors
 
@@ -124,12 +114,86 @@ class ImageError(Exception):
     """A file that cannot be read or written; the message is one line saying why."""
 
 
+_UNSUPPORTED = {
+    "F": "floating-point images are not supported; convert it to 8 or 16 bits (L or RGB) first",
+    "LAB": "Lab images are not supported; convert it to RGB first",
+    "HSV": "HSV images are not supported; convert it to RGB first",
+}
+_EIGHT_BITS = "restored at 8 bits per sample (the high byte of each), as the model works on 8-bit JPEG data"
+
+
+@dataclass
+class Converted:
+    """An image in a mode the models restore (L, LA, RGB, RGBA), and what was done to get it."""
+
+    image: Image.Image
+    notes: list[str]
+    icc_profile: bytes | None
+
+
+def to_supported(im: Image.Image, bits: int = 8, icc_profile: bytes | None = None) -> Converted:
+    """``im`` as L, LA, RGB or RGBA, converting the other kinds people have:
+
+    * CMYK (and YCCK, which the JPEG decoder turns into CMYK; Adobe's inverted CMYK too): to sRGB
+      through the embedded ICC profile when there is one, else by Pillow's plain formula;
+    * palette images to RGB, or RGBA when they have transparency; 1-bit images to L;
+    * more than 8 bits per sample (16-bit grey, 48/64-bit RGB(A) PNG or TIFF, given as ``bits``
+      from the file's header): to 8 bits, with a note saying so. Pillow hands 48/64-bit PNGs
+      over as 8-bit RGB(A) already (the high byte); 16-bit grey is reduced the same way.
+
+    ``icc_profile``: the image's profile (default: ``im.info``'s). Raises ValueError, with a hint,
+    for kinds that are not converted (floating point, Lab, ...).
+    """
+    icc = icc_profile or im.info.get("icc_profile") or None
+    notes: list[str] = []
+    mode = im.mode
+    if mode in _UNSUPPORTED or (
+        mode not in SUPPORTED_MODES and mode not in ("CMYK", "P", "PA", "1", "YCbCr", "I") and not mode.startswith("I;16")
+    ):
+        raise ValueError(
+            _UNSUPPORTED.get(mode, f"images of mode {mode} are not supported; convert it to RGB (or L for grey) first")
+        )
+    if mode == "CMYK":
+        im, icc, how = _cmyk_to_rgb(im, icc)
+        notes.append(f"CMYK image: converted to RGB {how}, and restored in RGB")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+        notes.append(f"palette image: restored as {im.mode} (a palette cannot hold the restored colours)")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "YCbCr":
+        im = im.convert("RGB")
+    elif mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(im).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(
+                f"32-bit integer images are not supported (values {values.min()} to {values.max()}); convert it to 16 or 8 bits first"
+            )
+        im = Image.fromarray((values >> 8).astype(np.uint8))
+        bits = 16
+    if bits > 8:
+        notes.append(f"{bits} bits per sample: {_EIGHT_BITS}")
+    return Converted(im, notes, icc)
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None, str]:
+    """(RGB image, its ICC profile, how it was converted)."""
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            srgb = ImageCms.createProfile("sRGB")
+            rgb = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode="RGB")
+            return rgb, ImageCms.ImageCmsProfile(srgb).tobytes(), "through its ICC profile (to sRGB)"
+        except Exception:  # a damaged or non-CMYK profile: fall back to the plain conversion, and say so
+            return im.convert("RGB"), None, "by the plain formula (its ICC profile could not be used)"
+    return im.convert("RGB"), None, "by the plain formula (it has no ICC profile: colours are approximate)"
+
+
 def check_mode(mode: str) -> None:
     """Raise ValueError with the reason and a hint unless ``mode`` is L, LA, RGB or RGBA."""
-    if mode in SUPPORTED_MODES:
-        return
-    hint = _MODE_HINTS.get("I;16" if mode.startswith("I;16") else mode)  # I;16, I;16B, I;16L, ...
-    raise ValueError(hint or f"images of mode {mode} are not supported; convert it to RGB (or L for grey) first")
+    if mode not in SUPPORTED_MODES:
+        raise ValueError(f"images of mode {mode} are not restored as they are; convert it with d2lnet.images.to_supported first")
 
 
 @dataclass
@@ -139,22 +203,53 @@ class LoadedImage:
     Attributes:
         image: mode L, LA, RGB or RGBA, EXIF orientation applied.
         quality: the JPEG quality factor (1 to 100) for JPEG files, else None.
-        icc_profile: the embedded ICC profile, if any.
+        icc_profile: the ICC profile for the restored image (the embedded one, or sRGB after a
+            CMYK conversion), if any.
         exif: the EXIF block with the orientation reset to upright, if the file had one.
+        notes: what was converted to read it (:func:`to_supported`), for the user.
+        path: the file, if the image was read from one.
+        is_jpeg: whether the file is a JPEG (its coefficients can constrain the restoration).
+        orientation: the EXIF orientation (1 to 8) that was applied to make ``image`` upright.
     """
 
     image: Image.Image
     quality: int | None = None
     icc_profile: bytes | None = None
     exif: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None
+    is_jpeg: bool = False
+    orientation: int = 1
 
 
-def read_image(path: str | Path) -> LoadedImage:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _bits_per_sample(im: Image.Image, data: bytes) -> int:
+    """The bits per sample the file stores (Pillow may already have reduced them to 8)."""
+    if data.startswith(_PNG_SIGNATURE) and len(data) > 25:
+        return data[24]  # IHDR's bit depth
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    return 16 if im.mode.startswith("I;16") else 8
+
+
+def _too_large(error: Exception) -> str:
+    """Pillow's decompression-bomb refusal, with the configured limit (Pillow names twice it)."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "the image"
+    return f"too large: {size} is over the limit of {Image.MAX_IMAGE_PIXELS / 1e6:g} megapixels"
+
+
+def read_image(path: str | Path, check_size: Callable[[int, int], None] | None = None) -> LoadedImage:
     """Read an image file fully (so that a truncated file fails here, not later).
 
-    Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is enforced before
-    any pixel is decoded: an image over it raises :class:`ImageError`, as does any file
-    that is empty, truncated, not an image, animated, or of an unsupported mode.
+    Before any pixel is decoded, Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)
+    is enforced, and ``check_size(width, height)`` is called (it may raise :class:`ImageError`, say
+    when there is not enough memory). Kinds other than L, LA, RGB and RGBA are converted
+    (:func:`to_supported`). Raises :class:`ImageError` for a file that is empty, truncated, not
+    an image, animated, too large, or of a kind that is not converted.
     """
     path = Path(path)
     try:
@@ -169,31 +264,37 @@ def read_image(path: str | Path) -> LoadedImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"too large: {error}") from None
+        raise ImageError(_too_large(error)) from None
     except UnidentifiedImageError:
         raise ImageError("not an image file that Pillow can read") from None
     except Exception as error:  # Pillow raises many types for malformed headers
         raise ImageError(f"unreadable image header: {error}") from None
-    try:
-        check_mode(im.mode)
-    except ValueError as error:
-        raise ImageError(f"{error} (mode {im.mode})") from None
     if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a camera JPEG whose first frame is the photo
         raise ImageError(f"animated or multi-page images are not supported ({im.n_frames} frames)")
+    if check_size is not None:
+        check_size(*im.size)
     try:
         im.load()
     except Exception as error:
         raise ImageError(f"corrupt or truncated image: {error}") from None
-
-    quality = estimate_quality(data) if im.format in ("JPEG", "MPO") else None
-    icc_profile = im.info.get("icc_profile") or None
     upright = ImageOps.exif_transpose(im)
+    if im.mode == "RGBA" and data.startswith(_PNG_SIGNATURE) and data[25] == 4:
+        upright = upright.convert("LA")  # a 16-bit grey + alpha PNG, which Pillow hands over as RGBA
+    try:
+        converted = to_supported(upright, _bits_per_sample(im, data), im.info.get("icc_profile"))
+    except ValueError as error:
+        raise ImageError(f"{error} (mode {im.mode})") from None
+
+    is_jpeg = im.format in ("JPEG", "MPO")
+    quality = estimate_quality(data) if is_jpeg else None
     exif = None
+    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     if "exif" in im.info:  # a real EXIF block (a TIFF's getexif() is its own image directory instead)
-        tags = upright.getexif()
+        tags = im.getexif()
         tags[_EXIF_ORIENTATION] = 1  # the pixels are upright now
         exif = tags.tobytes()
-    return LoadedImage(upright, quality, icc_profile, exif)
+    orientation = orientation if orientation in range(1, 9) else 1
+    return LoadedImage(converted.image, quality, converted.icc_profile, exif, converted.notes, path, is_jpeg, orientation)
 
 
 def read_array(path: str | Path) -> np.ndarray:

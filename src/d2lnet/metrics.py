@@ -1,6 +1,6 @@
 """Image-quality metrics of the benchmark protocol: PSNR, SSIM and PSNR-B on uint8 images.
 
-These reproduce the JPEG rows of the paper's Tables 1 and 2 (see ``../shared/DATA.md``):
+These reproduce the JPEG rows of the paper's Tables 1 and 2 to the printed decimals (``tests/test_jpeg.py``):
 
 * colour metrics on RGB uint8; grey images are the rounded BT.601 Y channel (:func:`rgb_to_y`);
 * PSNR over all channels with peak 255;

@@ -2,7 +2,7 @@
 
 On a terminal it is a tqdm bar. Elsewhere (a log file, a batch scheduler's capture, a pipe)
 a bar's carriage returns make one unreadable line, so it is a plain line every few seconds
-instead, and one at the end.
+instead, and one at the end if there were any: work that ends within seconds says nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Progress:
         enabled: False shows nothing (another process reports).
         stream: where to write (default: stderr).
         every: seconds between plain lines off a terminal (default :data:`PLAIN_EVERY_S`).
+        transient: on a terminal, remove the bar when done (work within a larger piece of work).
     """
 
     def __init__(
@@ -38,17 +39,21 @@ class Progress:
         enabled: bool = True,
         stream: TextIO | None = None,
         every: float | None = None,
+        transient: bool = False,
     ) -> None:
         self.stream = stream or sys.stderr
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.every = PLAIN_EVERY_S if every is None else every
         self.done = self._last_done = initial
+        self._lines = 0
         self.postfix = ""
         self._start = self._last = time.monotonic()
         isatty = getattr(self.stream, "isatty", None)
         self._bar = None
         if enabled and isatty is not None and isatty():
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, leave=not transient
+            )
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -73,7 +78,7 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self.done > self._last_done:
+        elif self.enabled and self._lines and self.done > self._last_done:
             self._line()
 
     def __enter__(self) -> Progress:
@@ -93,6 +98,7 @@ class Progress:
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {count} {self.unit}s{percent}, {rate:.3g} {self.unit}s/s{eta}{extra}", file=self.stream, flush=True)
         self._last, self._last_done = now, self.done
+        self._lines += 1
 
 
 def _duration(seconds: float) -> str:

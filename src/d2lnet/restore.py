@@ -12,21 +12,37 @@ colour model unless a model is named. A grey image given to a colour model is re
 to three channels, restored, and converted back to grey (Pillow's ITU-R 601-2 luma); a
 colour image given to a grey model has only its luma restored (Pillow's JPEG YCbCr: restore
 Y, keep Cb and Cr). Grey stays grey and colour stays colour; an alpha channel is carried
-through unchanged (it is not restored).
+through unchanged (it is not restored). Other kinds (CMYK, palette, 16-bit, ...) are converted
+first (:func:`d2lnet.images.to_supported`).
+
+Projection. For an image read from a JPEG file, the restoration is then projected onto the
+set of images that compress to that file (:mod:`d2lnet.projection`): on 96 held-out training
+crops at QF 10 to 90 it never lowered PSNR (+0.01 to +0.13 dB on average), so it is on by
+default; ``project=False`` (``--no-project``) turns it off.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from d2lnet.engine import Restorer
-from d2lnet.images import check_mode
+from d2lnet.images import SUPPORTED_MODES, LoadedImage, check_mode, to_supported
 from d2lnet.jpeg import estimate_quality
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import DEFAULT_COLOR, DEFAULT_GRAY, load_model
+from d2lnet.projection import project, read_components
+
+# What Pillow's exif_transpose does to make each EXIF orientation upright, and its inverse.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+_AS_STORED = {**_UPRIGHT, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+UNKNOWN_QUALITY = "not a JPEG file: its quality factor is unknown, and the model is told so (give --quality N if you know it)"
 
 
 def default_model(gray: bool) -> str:
@@ -58,6 +74,51 @@ def restore_pil(image: Image.Image, restorer: Restorer, quality: int | None = No
     return restored
 
 
+def project_onto_jpeg(restored: Image.Image, jpeg_file: str | Path, orientation: int = 1) -> Image.Image | None:
+    """``restored`` projected onto the JPEG file it was restored from (:mod:`d2lnet.projection`);
+    ``orientation``: the EXIF orientation applied to it since. None when that cannot be done:
+    the file's coefficients cannot be read (CMYK, jpeglib missing), or they do not describe
+    these pixels (another size, or colour restored from a grey file)."""
+    components = read_components(jpeg_file)
+    if components is None:
+        return None
+    alpha = restored.getchannel("A") if restored.mode in ("LA", "RGBA") else None
+    base = restored.convert("L" if restored.mode in ("L", "LA") else "RGB")
+    if orientation in _AS_STORED:
+        base = base.transpose(_AS_STORED[orientation])  # back to the file's orientation
+    rows, cols = components[0].coefficients.shape[:2]
+    extra_rows, extra_cols = rows - math.ceil(base.height / 8), cols - math.ceil(base.width / 8)
+    # The file's luma may have one block more than the image needs (padding to a whole MCU).
+    if (base.mode == "L") != (len(components) == 1) or not (0 <= extra_rows <= 1 and 0 <= extra_cols <= 1):
+        return None
+    projected = Image.fromarray(project(np.asarray(base), components))
+    if orientation in _UPRIGHT:
+        projected = projected.transpose(_UPRIGHT[orientation])
+    if alpha is not None:
+        projected.putalpha(alpha)
+    return projected
+
+
+def restore_loaded(
+    loaded: LoadedImage, restorer: Restorer, quality: int | None = None, project_jpeg: bool = True
+) -> tuple[Image.Image, list[str]]:
+    """An image read by :func:`d2lnet.images.read_image`, restored as ``d2lnet restore`` does:
+    with ``quality`` or else the file's, then projected onto its JPEG file (``project_jpeg``).
+    Returns the restored image and notes for the user (what could not be done, and why)."""
+    notes = []
+    if quality is None and loaded.quality is None and restorer.model.config.quality_conditioning:
+        notes.append(UNKNOWN_QUALITY)
+    restored = restore_pil(loaded.image, restorer, quality if quality is not None else loaded.quality)
+    converted = bool(loaded.notes)  # e.g. from CMYK: these pixels are not the file's components
+    if project_jpeg and loaded.is_jpeg and loaded.path is not None and not converted:
+        projected = project_onto_jpeg(restored, loaded.path, loaded.orientation)
+        if projected is None:
+            notes.append("the JPEG's coefficients could not be read (is jpeglib installed?): not projected onto them")
+        else:
+            restored = projected
+    return restored, notes
+
+
 def _as_restorer(model: str | Path | D2LNet | Restorer | None, gray: bool, device: str | None) -> Restorer:
     if isinstance(model, Restorer):
         return model
@@ -77,6 +138,7 @@ def restore_image(
     quality: int | None = None,
     *,
     device: str | None = None,
+    project_jpeg: bool = True,
 ) -> Image.Image | np.ndarray:
     """Remove JPEG artifacts from one image.
 
@@ -94,14 +156,21 @@ def restore_image(
             reads it from the file's bytes).
         device: where a model given by name runs (default: CUDA if available, else the CPU) or
             a D2LNet runs (default: where it is). Whole images, or tiles where memory is short.
+        project_jpeg: for a PIL image opened from a JPEG file, project the restoration onto that
+            file (:func:`project_onto_jpeg`; skipped if the pixels no longer match the file).
     """
     if quality is not None and not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be a JPEG quality factor from 1 to 100 (or None if unknown), got {quality}")
     if isinstance(image, Image.Image):
-        if quality is None and image.format in ("JPEG", "MPO") and getattr(image, "filename", ""):
-            quality = estimate_quality(image.filename)
+        source = getattr(image, "filename", "") if image.format in ("JPEG", "MPO") else ""
+        if quality is None and source:
+            quality = estimate_quality(source)
+        if image.mode not in SUPPORTED_MODES:
+            image = to_supported(image).image
         restorer = _as_restorer(model, image.mode in ("L", "LA"), device)
-        return restore_pil(image, restorer, quality)
+        restored = restore_pil(image, restorer, quality)
+        projected = project_onto_jpeg(restored, source) if project_jpeg and source else None
+        return projected if projected is not None else restored
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:

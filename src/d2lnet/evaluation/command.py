@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from d2lnet.atomic import check_writable
-from d2lnet.device import resolve_device
+from d2lnet.device import resolve_device, set_threads
 from d2lnet.engine import parse_tile
 from d2lnet.evaluation import EvalError
 from d2lnet.evaluation.methods import JPEG_METHOD, Method, load_methods
@@ -48,11 +48,8 @@ PLOT_QUALITIES = tuple(range(5, 100, 5))
 def run_cli(args: argparse.Namespace) -> int:
     """``d2lnet eval`` (arguments declared in :mod:`d2lnet.cli`). Problems with the request or the
     data raise :class:`~d2lnet.evaluation.EvalError`, reported in one line with exit status 2."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise EvalError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     try:
+        set_threads(args.threads)
         device = resolve_device(args.device)
         tile = parse_tile(args.tile)
     except ValueError as error:

@@ -1,0 +1,147 @@
+"""Quantization-constraint projection: keep a restored JPEG consistent with the file it came from.
+
+A JPEG stores, for each 8x8 block of each component (Y, and Cb and Cr at their own, usually
+halved, resolution), the integers ``q = round(F / Q)`` of the block's DCT coefficients ``F``
+divided by the quantization table ``Q``. So the original image's coefficients lay in the
+intervals ``[(q - 1/2) Q, (q + 1/2) Q]``. The projection moves every coefficient of the restored
+image that falls outside its interval to the interval's nearest end, and leaves the others alone:
+the closest image (in the L2 sense, per block and component) that compresses to the same file.
+It can only move a restoration towards the original where the restoration left the set of
+possible originals.
+
+The quantized coefficients are read from the file with `jpeglib` (the optional ``[dct]``
+extra); chroma is projected at the file's chroma resolution, its correction upsampled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from d2lnet.jpeg import BLOCK
+
+
+def _dct_matrix(n: int = BLOCK) -> np.ndarray:
+    """The orthonormal DCT-II matrix: JPEG's 8x8 DCT of a block B is ``D @ B @ D.T``."""
+    k, x = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    d = np.cos((2 * x + 1) * k * math.pi / (2 * n)) * math.sqrt(2 / n)
+    d[0] /= math.sqrt(2)
+    return d
+
+
+_D = _dct_matrix()
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component of a JPEG: quantized coefficients (rows, cols, 8, 8), its table (8, 8), and
+    its subsampling (vertical, horizontal): how many image pixels one of its samples covers."""
+
+    coefficients: np.ndarray
+    table: np.ndarray
+    subsampling: tuple[int, int]
+
+
+def available() -> bool:
+    """Whether the coefficient reader (jpeglib) is installed."""
+    try:
+        import jpeglib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def read_components(path: str | Path) -> list[Component] | None:
+    """The components of a grey or YCbCr JPEG file (1 or 3); None for other JPEGs (CMYK, YCCK),
+    for files that are not JPEGs, or when jpeglib is not installed."""
+    try:
+        import jpeglib
+    except ImportError:
+        return None
+    try:
+        dct = jpeglib.read_dct(str(path))
+        dct.load()
+        planes = [dct.Y] + ([dct.Cb, dct.Cr] if dct.has_chrominance else [])
+        if dct.jpeg_color_space.name not in ("JCS_GRAYSCALE", "JCS_YCbCr") or any(p is None for p in planes):
+            return None
+        factors = np.asarray(dct.samp_factor).reshape(-1, 2)  # (vertical, horizontal) per component
+        v_max, h_max = factors[:, 0].max(), factors[:, 1].max()
+        return [
+            Component(np.asarray(plane), np.asarray(dct.qt[table], dtype=np.float64), (int(v_max // v), int(h_max // h)))
+            for plane, table, (v, h) in zip(planes, dct.quant_tbl_no, factors)
+        ]
+    except Exception:  # jpeglib raises bare exceptions for anything libjpeg refuses
+        return None
+
+
+def _blocks(plane: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``plane`` padded (by replicating its edges) to rows x cols blocks, as (rows, cols, 8, 8)."""
+    h, w = plane.shape
+    padded = np.pad(plane, ((0, max(0, rows * BLOCK - h)), (0, max(0, cols * BLOCK - w))), mode="edge")
+    padded = padded[: rows * BLOCK, : cols * BLOCK]
+    return padded.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3)
+
+
+def _unblocks(blocks: np.ndarray, h: int, w: int) -> np.ndarray:
+    rows, cols = blocks.shape[:2]
+    return blocks.transpose(0, 2, 1, 3).reshape(rows * BLOCK, cols * BLOCK)[:h, :w]
+
+
+def project_plane(plane: np.ndarray, component: Component) -> np.ndarray:
+    """Project one plane (float, pixel values 0..255, at the component's resolution)."""
+    rows, cols = component.coefficients.shape[:2]
+    blocks = _blocks(plane - 128.0, rows, cols)
+    coefficients = _D @ blocks @ _D.T
+    q, table = component.coefficients, component.table
+    projected = np.clip(coefficients, (q - 0.5) * table, (q + 0.5) * table)
+    return _unblocks(_D.T @ projected @ _D, *plane.shape) + 128.0
+
+
+def _downsample(plane: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
+    """The mean over factor[0] x factor[1] boxes (the encoder's chroma downsampling), edges replicated."""
+    fv, fh = factor
+    h, w = plane.shape
+    padded = np.pad(plane, ((0, -h % fv), (0, -w % fh)), mode="edge")
+    return padded.reshape(padded.shape[0] // fv, fv, padded.shape[1] // fh, fh).mean(axis=(1, 3))
+
+
+def _upsample(plane: np.ndarray, factor: tuple[int, int], h: int, w: int) -> np.ndarray:
+    """``plane`` enlarged ``factor`` times, as the decoder enlarges chroma: libjpeg's "fancy"
+    upsampling, a triangle filter (weights 3/4 and 1/4 per axis), which is bilinear
+    interpolation between sample centres."""
+    x = torch.from_numpy(plane)[None, None]
+    size = (plane.shape[0] * factor[0], plane.shape[1] * factor[1])
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0, :h, :w].numpy()
+
+
+# JFIF's full-range BT.601 YCbCr, as libjpeg converts.
+_TO_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_OFFSET = np.array([0.0, 128.0, 128.0])
+
+
+def project(image: np.ndarray, components: list[Component]) -> np.ndarray:
+    """Project a restored uint8 image, (H, W) grey or (H, W, 3) RGB, onto the set of images that
+    the JPEG ``components`` describe; returns uint8 of the same shape."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    if image.ndim == 2 or len(components) == 1:
+        luma = image if image.ndim == 2 else None
+        if luma is None:  # a colour image restored from a grey JPEG: not this file's pixels
+            raise ValueError("a grey JPEG's coefficients cannot constrain a colour image")
+        return np.clip(np.round(project_plane(luma.astype(np.float64), components[0])), 0, 255).astype(np.uint8)
+    ycc = image.astype(np.float64) @ _TO_YCBCR.T + _OFFSET
+    out = np.empty_like(ycc)
+    for c, component in enumerate(components):
+        plane = ycc[..., c]
+        if component.subsampling == (1, 1):
+            out[..., c] = project_plane(plane, component)
+        else:
+            low = _downsample(plane, component.subsampling)
+            correction = project_plane(low, component) - low
+            out[..., c] = plane + _upsample(correction, component.subsampling, h, w)
+    rgb = (out - _OFFSET) @ np.linalg.inv(_TO_YCBCR).T
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
