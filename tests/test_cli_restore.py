@@ -174,6 +174,9 @@ def test_missing_inputs_and_models(tmp_path: Path, capsys, weights, monkeypatch)
 
     rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out2", "--model", tmp_path / "missing.safetensors")
     assert rc == 1 and len(err) == 1 and "cannot load model" in err[0]
+    (tmp_path / "notes.txt").write_text("not a model")
+    rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out2", "--model", tmp_path / "notes.txt")
+    assert rc == 1 and len(err) == 1 and "neither a release file (.safetensors) nor a training checkpoint" in err[0]
 
     # The bundled default is not installed: one line that says to pass --model.
     monkeypatch.setattr(d2lnet.pretrained, "WEIGHTS_DIR", tmp_path / "no-weights")
@@ -183,11 +186,13 @@ def test_missing_inputs_and_models(tmp_path: Path, capsys, weights, monkeypatch)
 
 
 @pytest.mark.parametrize("argv", [["--quality", "0"], ["--quality", "101"], ["--quality", "high"], ["--tile", "100"],
-                                  ["--tile", "-8"], ["--threads", "0"], ["--precision", "fp16", "--device", "cpu"]])  # fmt: skip
+                                  ["--tile", "-8"], ["--threads", "0"], ["--precision", "fp16", "--device", "cpu"],
+                                  ["--device", "bogus"], ["--device", "cuda:7"]])  # fmt: skip
 def test_bad_arguments(tmp_path: Path, capsys, weights, argv: list[str]) -> None:
     Image.fromarray(image()).save(tmp_path / "a.png")
     rc, _, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "out", "--model", weights["identity"], *argv)
     assert rc == 2 and len(err) == 1 and err[0].startswith("d2lnet restore: error:")
+    assert len(err[0]) < 200  # one readable line, not PyTorch's list of device types
     assert not (tmp_path / "out").exists()
 
 

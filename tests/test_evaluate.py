@@ -278,3 +278,23 @@ def test_paper_constants_appear_in_paper_md(shared_data: Path) -> None:
             for quality, methods in by_quality.items():
                 for method, (p, s, b) in methods.items():
                     assert f"{p:.2f}\t{s:.3f}\t{b:.2f}" in text, (mode, name, quality, method)
+
+
+def test_output_and_data_problems_are_one_line_errors_before_the_work(tmp_path: Path, small_set: Path, capsys) -> None:
+    (tmp_path / "somefile.txt").write_text("a file, not a folder")
+    for argv, reason in (
+        (["--json", str(tmp_path / "somefile.txt" / "r.json")], "is a file, not a folder"),
+        (["--markdown", str(tmp_path)], "is a folder, not a file"),
+        (["--save-images", str(tmp_path / "somefile.txt")], "exists and is not a folder"),
+        (["--device", "bogus"], "unknown device 'bogus'"),
+    ):
+        assert cli.main(["eval", "--model", "jpeg", "--data", str(small_set), *argv]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and reason in err[0] and err[0].startswith("d2lnet eval: error:"), err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(broken / "a.png")
+    (broken / "b.png").write_bytes(b"not a png")
+    assert cli.main(["eval", "--model", "jpeg", "--data", str(broken)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "b.png" in err[0] and "not an image file" in err[0]

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from d2lnet import jpeg
 from d2lnet.evaluation.methods import Method
 from d2lnet.evaluation.testsets import ImageSet, Mode
 from d2lnet.metrics import psnr, psnrb, ssim
+from d2lnet.progress import Progress
 
 Scores = tuple[float, float, float]  # PSNR (dB), SSIM, PSNR-B (dB)
 
@@ -89,15 +89,17 @@ def evaluate_set(
     for method in methods:
         method.check_mode(images.gray)
     rows: list[ImageScore] = []
-    for index, path in enumerate(tqdm(images.paths, desc=images.name, unit="image", disable=not progress)):
-        truth = images.load(path)
-        for quality in qualities:
-            degraded = jpeg.roundtrip(truth, quality)
-            for method in methods:
-                output = method.restore(degraded, quality)
-                rows.append(ImageScore(images.name, images.mode, quality, method.name, path.name, *score(truth, output)))
-                if on_output is not None and not method.is_baseline:
-                    on_output(images, index, quality, method, Outputs(truth, degraded, output))
+    with Progress(len(images.paths), images.name, "image", enabled=progress) as bar:
+        for index, path in enumerate(images.paths):
+            truth = images.load(path)
+            for quality in qualities:
+                degraded = jpeg.roundtrip(truth, quality)
+                for method in methods:
+                    output = method.restore(degraded, quality)
+                    rows.append(ImageScore(images.name, images.mode, quality, method.name, path.name, *score(truth, output)))
+                    if on_output is not None and not method.is_baseline:
+                        on_output(images, index, quality, method, Outputs(truth, degraded, output))
+            bar.update()
     return rows
 
 
