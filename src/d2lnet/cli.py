@@ -89,7 +89,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write the config, per-image and mean results as JSON")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--save-images", default=None, metavar="DIR", help="save restored images as DIR/<set>/<qf>/<name>.png")
-    p.add_argument("--crops", default=None, metavar="DIR", help="save JPEG | restored | ground-truth centre crops (2x) of a few images")
+    p.add_argument(
+        "--crops", default=None, metavar="DIR", help="save JPEG | restored | ground-truth centre crops (2x) of a few images"
+    )
     p.add_argument("--plot-qf", default=None, metavar="FILE", help="sweep QF 5 to 95 (instead of --quality) and plot "
                    "mean PSNR to FILE (PNG, needs matplotlib), with the numbers beside it (.json, .md)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -158,7 +160,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="restore images in a local web page (needs the [serve] extra)",
         description="Serve a web page (Gradio) to upload an image, see its detected JPEG quality, restore it with "
         "the bundled model (colour or grey by the image, as restore does), compare before and after, and "
-        "download the PNG. Uploads are deleted once read and results are not stored. "
+        "download the PNG. Each upload is deleted when its request ends and results are not stored. "
         'Needs Gradio: pip install "d2lnet[serve]".',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
