@@ -3,12 +3,14 @@
 The page takes an image file, shows the JPEG quality factor read from the file's
 quantization tables (:func:`d2lnet.jpeg.estimate_quality`; "unknown" for a PNG and other
 formats), restores it exactly as ``d2lnet restore`` does (the bundled colour or grey model by
-the image's mode, :func:`d2lnet.restore.restore_pil`), shows before and after in a slider,
+the image's mode, then the projection onto the JPEG's coefficients:
+:func:`d2lnet.restore.restore_loaded`), shows before and after in a slider,
 and offers the restored PNG for download.
 
 Users' images are not kept. Gradio writes each upload to its temporary folder
 (``GRADIO_TEMP_DIR``): here that is a private folder made for this server, an upload is
-deleted as soon as it has been read, and the before/after images and the PNG go back to the
+deleted when its request ends (the restore reads it twice: the pixels, then the JPEG's
+coefficients for the projection), and the before/after images and the PNG go back to the
 browser inside the response (``data:`` URLs), so Gradio writes nothing to its cache for
 them. The folder is removed when the server stops. Gradio's run history, which would keep
 results in the browser, is off; so are its telemetry and version check, and the page uses
@@ -43,7 +45,7 @@ from d2lnet.engine import Restorer, TileSpec, parse_tile
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.images import ImageError, LoadedImage, read_image
 from d2lnet.pretrained import load_model
-from d2lnet.restore import default_model, restore_pil
+from d2lnet.restore import UNKNOWN_QUALITY, default_model, restore_loaded
 
 INSTALL_HINT = 'pip install "d2lnet[serve]"'
 DOWNLOAD_SUFFIX = "_restored.png"
@@ -73,6 +75,7 @@ class Restored:
     width: int
     height: int
     seconds: float
+    notes: list[str]
     before_png: bytes
     restored_png: bytes
 
@@ -143,12 +146,13 @@ class PageWorker:
             raise RequestError(f"Cannot read this image: {error}.") from None
 
     def restore(self, loaded: LoadedImage) -> Restored:
-        """Restore an image as ``d2lnet restore`` does (with its quality factor, by the model for
-        its mode); the PNGs keep the file's ICC profile and EXIF, as ``d2lnet restore`` does."""
+        """Restore an image as ``d2lnet restore`` does (:func:`d2lnet.restore.restore_loaded`: the
+        file's quality, the model for its mode, projected onto the JPEG file's coefficients, which
+        must still be there); the PNGs keep the file's ICC profile and EXIF, as the command's do."""
         image = loaded.image
         gray = image.mode in ("L", "LA")
         start = time.perf_counter()
-        restored = restore_pil(image, self.restorer(gray), loaded.quality)
+        restored, notes = restore_loaded(loaded, self.restorer(gray))
         seconds = time.perf_counter() - start
         metadata = {k: v for k, v in (("icc_profile", loaded.icc_profile), ("exif", loaded.exif)) if v}
         return Restored(
@@ -157,6 +161,8 @@ class PageWorker:
             width=image.width,
             height=image.height,
             seconds=seconds,
+            # The page shows the quality itself, and has no --quality to suggest.
+            notes=[*loaded.notes, *(note for note in notes if note != UNKNOWN_QUALITY)],
             before_png=_png(image, metadata, compress_level=1),  # shown only: fast beats small
             restored_png=_png(restored, metadata),
         )
@@ -213,20 +219,24 @@ def build_page(worker: PageWorker, upload_root: str | Path):
         if upload is None:
             return
         path = Path(upload["path"])  # Gradio has checked that it is in its upload folder
+        try:  # the upload is deleted when this request ends, however it ends
+            yield from respond(path)
+        finally:
+            discard_upload(path, upload_root)
+
+    def respond(path: Path) -> Iterator[tuple]:
         no_result = None, {"__type__": "update", "value": None, "interactive": False}
         try:
             loaded = worker.read(path)
         except RequestError as error:
             yield "", f"**Refused.** {error}", *no_result  # stays in the page; the toast fades
             raise gr.Error(str(error), print_exception=False) from None
-        finally:
-            discard_upload(path, upload_root)
         gray = loaded.image.mode in ("L", "LA")
         kind = f"{loaded.image.width}x{loaded.image.height}, {'grey' if gray else 'colour'}"
         quality = describe_quality(loaded.quality)
         yield quality, f"{kind}: restoring with {worker.model_name(gray)} ...", *no_result
         try:
-            result = worker.restore(loaded)
+            result = worker.restore(loaded)  # reads the upload again: the JPEG's coefficients
         except Exception as error:  # a model that does not load, out of memory, ...: one line in the page
             lines = str(error).strip().splitlines()
             message = f"Restoring failed: {lines[0] if lines else type(error).__name__}"
@@ -236,7 +246,8 @@ def build_page(worker: PageWorker, upload_root: str | Path):
         restored = _image_value(result.restored_png, path.stem + DOWNLOAD_SUFFIX)  # one copy for both outputs
         slider = [_image_value(result.before_png, path.stem + ".png"), restored]
         download = {"__type__": "update", "value": restored, "interactive": True}
-        yield quality, f"{kind}: restored with {result.model} in {result.seconds:.1f} s", slider, download
+        details = "; ".join([f"{kind}: restored with {result.model} in {result.seconds:.1f} s", *result.notes])
+        yield quality, details, slider, download
 
     blocks = gr.Blocks(title="d2lnet: remove JPEG artifacts", analytics_enabled=False,
                        delete_cache=(SWEEP_EVERY, ORPHAN_UPLOAD_AGE))  # fmt: skip
@@ -246,7 +257,7 @@ def build_page(worker: PageWorker, upload_root: str | Path):
             "Upload a JPEG: its quality is read from the file, D2LNet restores it (the colour or grey "
             "model by the image), and you can compare before and after and download the PNG. "
             f"This page takes {worker.limits.describe()}. Images are not kept: each upload is deleted "
-            "once read, and the results are sent to this page only."
+            "when its request ends, and the results are sent to this page only."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
