@@ -29,9 +29,9 @@ import onnxruntime
 import torch
 from common import cpu_isa, cpu_name
 
+from d2lnet.engine import Restorer
 from d2lnet.export import export_onnx, onnxruntime_session
 from d2lnet.pretrained import load_model
-from d2lnet.engine import Restorer
 
 RESULTS = Path(__file__).parent / "results"
 QUALITY = 30.0
@@ -59,10 +59,17 @@ def main() -> None:
 
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "isa": cpu_isa(), "cpu_count": os.cpu_count(), "threads": args.threads,
-                    "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after]},  # fmt: skip
+        "machine": {
+            "cpu": cpu_name(),
+            "isa": cpu_isa(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+        },
         "settings": {"model": args.model, "precision": "fp32", "quality": QUALITY, "repeats": args.repeats},
         "results": rows,
     }

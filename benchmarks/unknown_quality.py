@@ -73,13 +73,26 @@ def main() -> None:
     ]
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "isa": cpu_isa(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},  # fmt: skip
-        "settings": {"model": args.model, "images": [p.name for p in images.paths], "qualities": args.quality,
-                     "crop": images.crop, "tile": known.restorer.tile_for(512, 768), "overlap": known.restorer.overlap,
-                     "precision": known.restorer.precision, "seconds": round(seconds, 1)},  # fmt: skip
+        "machine": {
+            "cpu": cpu_name(),
+            "isa": cpu_isa(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "model": args.model,
+            "images": [p.name for p in images.paths],
+            "qualities": args.quality,
+            "crop": images.crop,
+            "tile": known.restorer.tile_for(512, 768),
+            "overlap": known.restorer.overlap,
+            "precision": known.restorer.precision,
+            "seconds": round(seconds, 1),
+        },
         "cells": "[PSNR dB, SSIM, PSNR-B dB], mean over the images",
         "results": rows,
     }

@@ -45,7 +45,9 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"c{c.in_channels}-w{c.width}-d{c.depth}-q{int(c.quality_conditioning)}")
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda c: f"c{c.in_channels}-w{c.width}-d{c.depth}-q{int(c.quality_conditioning)}"
+)
 def test_infer_config_from_shapes(config: D2LNetConfig) -> None:
     state = D2LNet(config).state_dict()
     assert detect(state)
@@ -64,7 +66,11 @@ def test_shapeless_settings_come_from_the_header() -> None:
     assert infer_config(state, {"d2lnet.config": json.dumps(config.to_dict())}) == config
     defaults = D2LNetConfig()
     assert infer_config(state) == replace(
-        config, domain_order=defaults.domain_order, fft_norm=defaults.fft_norm, block_identity=False, relu_slope=defaults.relu_slope
+        config,
+        domain_order=defaults.domain_order,
+        fft_norm=defaults.fft_norm,
+        block_identity=False,
+        relu_slope=defaults.relu_slope,
     )
 
 

@@ -198,8 +198,7 @@ def onnx_metadata(model: D2LNet, name: str) -> dict[str, str]:
         + ("" if config.quality_conditioning else " (ignored: this model is not quality-conditioned)"),
         "quality_unknown": f"{UNKNOWN_QUALITY:g} (any value <= 0, or NaN, means unknown quality)",
         "tile": "" if tile is None else str(tile),
-        "tile_note": "the tile size (with a 32-pixel overlap) that d2lnet's engine uses for this model; "
-        "empty: whole images",
+        "tile_note": "the tile size (with a 32-pixel overlap) that d2lnet's engine uses for this model; empty: whole images",
         "config": json.dumps(config.to_dict()),
         "card": json.dumps(card.to_dict()) if card is not None else "{}",
     }
@@ -233,9 +232,14 @@ def export_onnx(model: D2LNet, path: str | Path, name: str | None = None) -> Pat
     with _quiet(), torch.no_grad():
         program = torch.export.export(graph, inputs, dynamic_shapes=dynamic)
         onnx_program = torch.onnx.export(
-            program, inputs, input_names=["image", "quality"], output_names=["restored"],
-            opset_version=OPSET, dynamic_shapes=dynamic, dynamo=True,
-        )  # fmt: skip
+            program,
+            inputs,
+            input_names=["image", "quality"],
+            output_names=["restored"],
+            opset_version=OPSET,
+            dynamic_shapes=dynamic,
+            dynamo=True,
+        )
     proto = onnx_program.model_proto
     del proto.graph.value_info[:]  # the exporter's intermediate shape labels (see the module's docstring, 3.)
     # ``quality`` may have one value for the whole batch: its length is its own symbol, not ``batch``.
