@@ -20,7 +20,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         help="remove JPEG artifacts from images",
         description="Restore JPEG-compressed images. The quality factor is read from each JPEG file; "
         "colour images go to the colour model and grey ones to the grey model. Grey stays grey, alpha is "
-        "kept as is, EXIF orientation is applied, and the ICC profile and EXIF are kept. Inputs and existing "
+        "kept as is, EXIF orientation is applied, and the ICC profile and EXIF are kept. CMYK, palette and "
+        "16-bit images are converted (with a note). A JPEG's restoration is projected onto the file's "
+        "quantization intervals. Inputs and existing "
         "outputs are never overwritten (unless --overwrite, for outputs). A file that fails is reported in "
         "one line and the others go on; the exit status is 1 if any failed. Under torchrun each process "
         "restores every N-th file on its own GPU.",
@@ -49,6 +51,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ext", default=None, choices=["png", "webp", "jpg"],
                    help="output format for an output folder (default png): png and webp are lossless (webp stores "
                    "grey as RGB), jpg is quality 95 with 4:4:4 chroma and drops alpha")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile: faster per image once compiled, but compiling takes "
+                   "minutes on a small CPU (cached on disk for later runs); pays for many or large images")  # fmt: skip
     p.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the restorations of the 8 flips and rotations (on the JPEG grid); "
                    "8 times slower, about +0.1 dB")  # fmt: skip

@@ -143,10 +143,11 @@ def restore_image(
     """Remove JPEG artifacts from one image.
 
     Args:
-        image: a PIL image (mode L, LA, RGB or RGBA) or a uint8 array (H, W), (H, W, 1),
-            (H, W, 2) grey + alpha, (H, W, 3) RGB or (H, W, 4) RGBA. The result has the same
-            type, mode or shape; alpha is carried through unchanged. The pixels are taken as
-            they are: no EXIF rotation (``PIL.ImageOps.exif_transpose`` does that).
+        image: a PIL image or a uint8 array (H, W), (H, W, 1), (H, W, 2) grey + alpha, (H, W, 3)
+            RGB or (H, W, 4) RGBA. The result has the same type, shape or mode (a PIL image of
+            another mode than L, LA, RGB and RGBA comes back in the mode it was converted to,
+            :func:`d2lnet.images.to_supported`); alpha is carried through unchanged. The pixels
+            are taken as they are: no EXIF rotation (``PIL.ImageOps.exif_transpose`` does that).
         model: None for the bundled model matching the image (grey or colour), a bundled name
             or weights file (loaded on every call: for many images pass a model or a Restorer),
             a :class:`D2LNet`, or a :class:`Restorer` (its device, tiling and precision apply).

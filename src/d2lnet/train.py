@@ -280,10 +280,13 @@ def _resolve_paths(values: dict, base: Path, skip: set = frozenset(), only: set 
             continue
         if isinstance(values.get(section), dict) and key in values[section]:
             value = values[section][key]
-            if isinstance(value, str):
-                values[section][key] = resolve_path(value, base)
-            elif isinstance(value, list):
-                values[section][key] = [resolve_path(v, base) if isinstance(v, str) else v for v in value]
+            try:
+                if isinstance(value, str):
+                    values[section][key] = resolve_path(value, base)
+                elif isinstance(value, list):
+                    values[section][key] = [resolve_path(v, base) if isinstance(v, str) else v for v in value]
+            except ValueError as error:
+                raise ValueError(f"{section}.{key}: {error}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -309,7 +312,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     _resolve_paths(values, Path.cwd(), only=overridden)  # paths on the command line: relative to the working directory
     values.setdefault("name", path.stem)
     if isinstance(values.setdefault("data", {}), dict) and "train" not in values["data"]:
-        values["data"]["train"] = [resolve_path(p, Path.cwd()) for p in DataSection().train]
+        values["data"]["train"] = DataSection().train
+        _resolve_paths(values, Path.cwd(), only={("data", "train")})
     return TrainConfig.from_dict(values)
 
 
