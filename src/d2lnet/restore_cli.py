@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from d2lnet.atomic import check_writable
-from d2lnet.device import Precision, available_memory, launch, set_threads
+from d2lnet.device import Compiled, Precision, available_memory, launch, set_threads
 from d2lnet.engine import Restorer, TileSpec, host_bytes, is_out_of_memory, parse_tile
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.images import IMAGE_EXTENSIONS, OUTPUT_FORMATS, ImageError, find_images, output_format, read_image, write_image
@@ -171,8 +171,11 @@ def plan_jobs(inputs: list[str], output: str, ext: str | None = None, suffix: st
 class _Restorers:
     """The run's engines by model, each model loaded once, on first use."""
 
-    def __init__(self, model: str | None, device: str, precision: Precision, tile: TileSpec, overlap: int, tta: bool) -> None:
+    def __init__(
+        self, model: str | None, device: str, precision: Precision, tile: TileSpec, overlap: int, tta: bool, compile: bool = False
+    ) -> None:
         self.model, self.device, self.precision, self.tile, self.overlap, self.tta = model, device, precision, tile, overlap, tta
+        self.compile = compile
         self._by_name: dict[str, Restorer] = {}
 
     def get(self, gray: bool) -> Restorer:
@@ -185,10 +188,16 @@ class _Restorers:
                 hint = "" if self.model else "; pass --model NAME_OR_FILE"
                 raise ModelError(f"cannot load model {name!r}: {_one_line(error)}{hint}") from None
             try:
-                self._by_name[name] = Restorer(model, self.device, self.precision, self.tile, self.overlap, tta=self.tta)
+                self._by_name[name] = Restorer(
+                    model, self.device, self.precision, self.tile, self.overlap, tta=self.tta, compile=self.compile
+                )
             except (ValueError, RuntimeError) as error:  # a tile, precision or device that does not fit
                 raise UsageError(str(error)) from None
         return self._by_name[name]
+
+    def loaded(self) -> list[Restorer]:
+        """The restorers made so far."""
+        return list(self._by_name.values())
 
 
 def _one_line(error: BaseException) -> str:
@@ -243,7 +252,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.max_megapixels) and args.max_megapixels > 0):
         raise UsageError(f"--max-megapixels must be a positive number, got {args.max_megapixels}")
     jobs = shard(plan_jobs(args.inputs, args.output, args.ext, args.suffix), process.rank, process.world_size)
-    restorers = _Restorers(args.model, process.device(args.device), args.precision, tile, args.overlap, args.tta)
+    restorers = _Restorers(args.model, process.device(args.device), args.precision, tile, args.overlap, args.tta, args.compile)
     if args.model is not None:
         restorers.get(gray=False)  # load it now: a bad --model fails before any file
     set_threads(args.threads)
@@ -288,5 +297,7 @@ def run_cli(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     summary = f"{prefix}restored {restored} image{'s' * (restored != 1)} ({pixels / 1e6:.2f} megapixels) in {seconds:.1f} s"
     summary += f", {skipped} skipped (output exists)" if skipped else ""
+    compiled = [r.net.compile_seconds for r in restorers.loaded() if isinstance(r.net, Compiled) and r.net.compile_seconds]
+    summary += f" (of which {sum(compiled):.1f} s compiling)" if compiled else ""
     print(f"{summary}, {failed} failed")
     return 1 if failed else 0
