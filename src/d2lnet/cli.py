@@ -56,7 +56,7 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
                    "minutes on a small CPU (cached on disk for later runs); pays for many or large images")  # fmt: skip
     p.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the restorations of the 8 flips and rotations (on the JPEG grid); "
-                   "8 times slower, about +0.1 dB")  # fmt: skip
+                   "7 times slower, +0.05 dB (QF 10, Classic5 and LIVE1: benchmarks/results/restore_tta_*.md)")  # fmt: skip
     p.add_argument("--project", action=argparse.BooleanOptionalAction, default=True,
                    help="project each JPEG's restoration onto the file's quantization intervals (DCT coefficients "
                    "read from the file, luma and chroma); it never lowered PSNR in our tests (default: on)")  # fmt: skip
