@@ -90,7 +90,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gray", action="store_true", help="evaluate the grey (BT.601 Y) versions")
     p.add_argument("--suite", choices=["paper"], default=None, help="run the paper's Tables 1 and 2")
     p.add_argument("--data-root", default=None, help="folder holding the test sets (for --suite; "
-                   "default: $D2LNET_DATA/test or ../shared/data/test)")  # fmt: skip
+                   "default: $D2LNET_DATA/test)")  # fmt: skip
     p.add_argument("--json", default=None, metavar="FILE", help="write the config, per-image and mean results as JSON")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--save-images", default=None, metavar="DIR", help="save restored images as DIR/<set>/<qf>/<name>.png")
@@ -140,23 +140,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    import json
+    from d2lnet.cards import run_cli
 
-    from d2lnet.pretrained import list_models
-
-    cards = [card.to_dict() for card in list_models()]
-    if args.json:
-        print(json.dumps(cards, indent=2))
-        return 0
-    if not cards:
-        print("no bundled models are installed")
-        return 1
-    for card in cards:
-        print(f"{card['name']}: {card.get('summary', '')}")
-        for key in ("channels", "quality_range", "training_data", "training", "scores"):
-            if key in card:
-                print(f"  {key}: {card[key]}")
-    return 0
+    return run_cli(args)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
