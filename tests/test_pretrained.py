@@ -1,4 +1,4 @@
-"""Loading weights by name or path, release files, and ``d2lnet models``."""
+"""Loading weights by name or path, and release files (``d2lnet models``: tests/test_cli.py)."""
 
 import json
 
@@ -8,7 +8,6 @@ from helpers import tiny_model
 
 import d2lnet.pretrained as pretrained
 from d2lnet.checkpoint import Checkpoint
-from d2lnet.cli import main
 from d2lnet.pretrained import PRETRAINED, ModelCard, load_model, model_card, save_release
 
 
@@ -92,14 +91,3 @@ def test_bundled_models_improve_an_unseen_photo(name):
         restored = restore_image(degraded, model=model, quality=quality)
         gain = peak_signal_noise_ratio(clean, restored) - peak_signal_noise_ratio(clean, degraded)
         assert gain > 0.1, f"{name} at QF {quality}: {gain:+.2f} dB"
-
-
-def test_models_command_lists_the_cards(tmp_path, monkeypatch, capsys):
-    save_release(tiny_model(), tmp_path / "a.safetensors", ModelCard("tiny-a", "a tiny model"))
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(pretrained, "PRETRAINED", {"tiny-a": "a.safetensors", "absent": "none.safetensors"})
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "tiny-a: a tiny model" in out and "channels: 3" in out and "absent" not in out
-    assert main(["models", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["name"] == "tiny-a"

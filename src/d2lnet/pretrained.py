@@ -3,81 +3,27 @@
 A release file is an fp16 safetensors file whose header metadata carries the model's
 configuration and its :class:`ModelCard`, so that any exported file is self-describing; the
 card is also written beside it as JSON for people to read. :func:`save_release` writes both
-and :func:`read_release` reads them: the card's only writer and reader. ``load_model`` also
-takes training checkpoints (:mod:`d2lnet.checkpoint`).
+and :func:`read_release` reads them: the card's only writer and reader (:mod:`d2lnet.cards`
+declares the card and the bundled models, and reads cards without torch for listing them).
+``load_model`` also takes training checkpoints (:mod:`d2lnet.checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
 from d2lnet.atomic import atomic_write
+from d2lnet.cards import DEFAULT_COLOR, DEFAULT_GRAY, PRETRAINED, WEIGHTS_DIR, ModelCard
 from d2lnet.checkpoint import Checkpoint, CheckpointError
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-# The bundled models: name -> file in ``WEIGHTS_DIR``. Their cards live in the files.
-PRETRAINED: dict[str, str] = {
-    "d2lnet-s-color": "d2lnet-s-color.safetensors",
-    "d2lnet-s-gray": "d2lnet-s-gray.safetensors",
-}
-DEFAULT_COLOR = "d2lnet-s-color"
-DEFAULT_GRAY = "d2lnet-s-gray"
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a weights file says about its model (timm's ``PretrainedCfg`` plays this part there).
-
-    Attributes:
-        name: the model's name.
-        summary: one line for people.
-        channels: 3 for RGB, 1 for grey (BT.601 Y) images.
-        quality_range: ``[low, high]``, the JPEG quality factors it was trained on.
-        inference: defaults for running it; ``tile``: the tile side that ``--tile auto`` uses
-            (None or absent: whole images).
-        training_data: the training images (folders, counts, what was held out).
-        training: the budget and recipe (steps, batch, crops, time, device, cumulative totals).
-        scores: validation and benchmark scores.
-        config: the architecture (:meth:`d2lnet.model.D2LNetConfig.to_dict`).
-        extra: any other key of the stored card, kept as is.
-    """
-
-    name: str
-    summary: str = ""
-    channels: int | None = None
-    quality_range: list[int] = field(default_factory=list)
-    inference: dict[str, Any] = field(default_factory=dict)
-    training_data: Any = None
-    training: dict[str, Any] = field(default_factory=dict)
-    scores: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tile(self) -> int | None:
-        """The tile side the model runs best on (its training crop), or None for whole images."""
-        return self.inference.get("tile")
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        extra = values.pop("extra")
-        return {**values, **extra}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelCard:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        if not isinstance(values.get("name"), str):
-            raise ValueError("a model card needs a name")
-        return cls(**{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known})
+__all__ = ["DEFAULT_COLOR", "DEFAULT_GRAY", "PRETRAINED", "WEIGHTS_DIR", "ModelCard", "list_models", "load_model", "model_card",
+           "read_release", "save_release"]  # fmt: skip
 
 
 def save_release(model: D2LNet, path: str | Path, card: ModelCard) -> Path:
