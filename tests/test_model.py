@@ -37,7 +37,7 @@ def test_every_parameter_receives_a_gradient():
     including the unknown-quality embedding (the batch mixes known and unknown qualities)."""
     net = build("d2lnet-xs")
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    x, gt, qf = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24), torch.tensor([10.0, 0.0])
+    x, gt, qf = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24), torch.tensor([10.0, float("nan")])
     for _ in range(2):
         optimizer.zero_grad()
         out = net(x, qf)
@@ -68,7 +68,7 @@ def test_quality_input_changes_the_output_of_a_conditioned_model():
     x = torch.rand(1, 3, 16, 16)
     out10, out90, unknown = net(x, 10).out2, net(x, 90).out2, net(x, None).out2
     assert (out10 - out90).abs().max() > 1e-4 and (out10 - unknown).abs().max() > 1e-4
-    torch.testing.assert_close(net(x, 0).out2, unknown)  # 0 means unknown
+    torch.testing.assert_close(net(x, float("nan")).out2, unknown)  # NaN is the tensor form of None
     both = net(torch.cat([x, x]), torch.tensor([10.0, 90.0])).out2  # per-sample qualities
     torch.testing.assert_close(both[0], out10[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(both[1], out90[0], atol=1e-5, rtol=0)

@@ -104,12 +104,12 @@ def test_legacy_keys_are_detected_and_load() -> None:
 
 
 def test_call_passes_an_unknown_quality() -> None:
-    """The call equals forward with quality 0 (unknown, as the ONNX file and the CLI spell it), not a known one."""
+    """The call equals forward with an unknown quality (None), not a known one."""
     model = tiny_model("busy")
     image = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         got = restore_unknown_quality(model, image)
-        assert torch.equal(got, model(image, torch.tensor([0.0])).out2)
+        assert torch.equal(got, model(image, None).out2)
         assert not torch.allclose(got, model(image, torch.tensor([10.0])).out2)
 
 

@@ -171,6 +171,8 @@ class ExportGraph(nn.Module):
         s = self.model.config.stride
         # s * ceil(n / s) - n pixels: the padded side is a multiple of s by construction.
         padded = F.pad(image, (0, s * ((w + s - 1) // s) - w, 0, s * ((h + s - 1) // s) - h), mode="replicate")
+        # The file's convention for an unknown quality (<= 0, as hosts without NaN can send) is the model's NaN.
+        quality = torch.where(quality > 0, quality, torch.full_like(quality, float("nan")))
         with ComplexFFTs():
             restored = self.model(padded, quality).out2
         rows = torch.arange(h, device=image.device)

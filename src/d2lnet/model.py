@@ -445,16 +445,14 @@ class D2LNet(nn.Module):
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def quality_condition(self, qf: torch.Tensor | float | None, batch: int, device: torch.device) -> torch.Tensor | None:
-        """The conditioning vector for quality factors ``qf`` (None, a number, or (B,); values <= 0 mean unknown)."""
+        """The conditioning vector for quality factors ``qf``: None (unknown), a number, or (B,) with
+        NaN for each unknown one."""
         if self.quality is None:
             return None
         dtype = self.quality.unknown.dtype
         if qf is None:
-            q = torch.full((batch,), float("nan"), dtype=dtype, device=device)
-        else:
-            q = torch.as_tensor(qf, dtype=dtype, device=device).reshape(-1).expand(batch)
-            q = torch.where(q > 0, q, torch.full_like(q, float("nan")))
-        return self.quality(q)
+            qf = float("nan")
+        return self.quality(torch.as_tensor(qf, dtype=dtype, device=device).reshape(-1).expand(batch))
 
     def forward(self, x: torch.Tensor, qf: torch.Tensor | float | None = None) -> D2LNetOutput:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
