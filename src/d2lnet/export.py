@@ -8,7 +8,7 @@ The exported graph (opset 20, float32, NCHW) restores images of any size:
   :meth:`D2LNet.forward` does, so hosts need no padding of their own.
 * input ``quality``: float32 (B,) or (1,), the JPEG quality factor (1-100) of each image, as a
   blind model takes it (:meth:`D2LNet.quality_condition`). **0 means unknown** (so does any value
-  <= 0, or NaN): the model then uses the embedding it learned for images of unknown quality.
+  <= 0, or NaN; the graph turns them into the model's NaN): the model then uses the embedding it learned for images of unknown quality.
   Models without quality conditioning ignore this input.
 * output ``restored``: float32 (B, C, H, W), clamped to [0, 1].
 
