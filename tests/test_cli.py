@@ -8,16 +8,23 @@ Pillow and numpy, or from the model run directly, never from the command's own o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from helpers import tiny_model
+from PIL import Image
 
 import d2lnet.cards as cards
-from d2lnet.cli import main
+from d2lnet.cli import build_parser, main
+from d2lnet.images import to_tensor
 from d2lnet.pretrained import ModelCard, save_release
+from d2lnet.restore import restore_image
+from d2lnet.restore_cli import plan_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,3 +142,147 @@ def test_a_file_that_is_not_a_release(tmp_path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a safetensors file"):
         cards.read_listing(tmp_path / "x.safetensors")
+
+
+# --------------------------------------------------------------------------- help texts
+
+
+def _option_entries(help_text: str) -> dict[str, str]:
+    """The options section of a --help text: first option string -> its whole entry."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        match = re.match(r"^  (-[-\w]+)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = line
+        elif current and line.startswith("      "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command", ["restore", "eval", "train", "models", "serve", "export"])
+def test_every_help_states_the_defaults(command: str) -> None:
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    entries = _option_entries(sub.format_help())
+    takes_value = [a for a in sub._actions if a.option_strings and a.nargs != 0]
+    assert takes_value or command == "models"
+    for action in takes_value:
+        entry = entries[action.option_strings[0]]
+        assert "default" in entry, entry
+        assert "(default: None)" not in entry and "(default: )" not in entry, entry
+
+
+def test_defaults_shown_are_the_parsed_values() -> None:
+    restore = _option_entries(build_parser()._subparsers._group_actions[0].choices["restore"].format_help())
+    args = build_parser().parse_args(["restore", "x.jpg"])
+    assert f"(default: {args.overlap})" in restore["--overlap"] and f"(default: {args.strength})" in restore["--strength"]
+    assert f"(default: {args.output})" in restore["-o"] and args.output == "results"
+
+
+# --------------------------------------------------------------------------- restore conventions
+
+
+def test_aliases_parse_like_the_long_forms() -> None:
+    parse = build_parser().parse_args
+    for command in (["restore", "a.jpg"], ["eval"], ["serve"]):
+        assert parse([*command, "--fp32"]).precision == parse([*command, "--precision", "fp32"]).precision == "fp32"
+        assert parse(command).precision == "auto"
+        assert parse([*command, "-t", "64"]).tile == parse([*command, "--tile", "64"]).tile == "64"
+    args = parse(["restore", "a.jpg", "-i", "b.jpg", "c.jpg", "--input", "d"])
+    assert args.inputs == ["a.jpg"] and args.more_inputs == ["b.jpg", "c.jpg", "d"]
+
+
+@pytest.fixture(scope="module")
+def busy_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny colour model that changes its input (and records no tile: whole images)."""
+    return save_release(tiny_model("busy"), tmp_path_factory.mktemp("w") / "busy.safetensors", ModelCard("busy"))
+
+
+def _photo(h: int = 24, w: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = 128 + 90 * np.sin(x / 4.0 + y / 7.0)[..., None] + rng.normal(0, 12, (h, w, 3))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _restore(capsys, *argv: object) -> tuple[int, list[str]]:
+    status = main(["restore", *map(str, argv), "--device", "cpu", "--fp32", "--tile", "0"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "quality factor is unknown" not in line]
+    return status, err
+
+
+def test_inputs_from_i_and_positionals_go_to_results(tmp_path, monkeypatch, capsys, busy_weights) -> None:
+    for name in ("a", "b", "c"):
+        Image.fromarray(_photo(seed=ord(name))).save(tmp_path / f"{name}.png")
+    monkeypatch.chdir(tmp_path)
+    status, err = _restore(capsys, "a.png", "-i", "b.png", "--input", "c.png", "--model", busy_weights)
+    assert status == 0 and err == []
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert _restore(capsys, "--model", busy_weights) == (
+        2,
+        ["d2lnet restore: error: no input: give image files, folders or globs (as INPUT or with -i)"],
+    )
+
+
+def test_ext_auto_keeps_each_inputs_format(tmp_path, capsys, busy_weights) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    for name, fmt in (("a.jpg", "JPEG"), ("b.webp", "WEBP"), ("c.bmp", "BMP"), ("d.PNG", "PNG"), ("e.tif", "TIFF")):
+        Image.fromarray(_photo()).save(images / name, fmt)
+    jobs = plan_jobs([str(images)], str(tmp_path / "out"), "auto")
+    assert sorted(job.dest.name for job in jobs) == ["a.jpg", "b.webp", "c.png", "d.PNG", "e.png"]
+    assert [job.dest.name for job in plan_jobs([str(images / "c.bmp")], str(tmp_path / "x.webp"), "auto")] == ["x.webp"]
+    # Two inputs with one stem: distinct outputs under auto, one refused under png.
+    assert all(
+        job.error is None for job in plan_jobs([str(images / "a.jpg"), str(images / "b.webp")], str(tmp_path / "o"), "auto")
+    )
+
+    status, err = _restore(capsys, images, "-o", tmp_path / "out", "--ext", "auto", "--model", busy_weights)
+    assert status == 0 and err == []
+    formats = {p.name: Image.open(p).format for p in (tmp_path / "out").iterdir()}
+    assert formats == {"a.jpg": "JPEG", "b.webp": "WEBP", "c.png": "PNG", "d.PNG": "PNG", "e.png": "PNG"}
+
+
+def test_strength_blends_input_and_restoration(tmp_path, capsys, busy_weights) -> None:
+    photo = _photo(seed=5)
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    # The reference: the model run directly, the blend computed here in float.
+    model = tiny_model("busy")
+    x = to_tensor(photo)[None]
+    with torch.no_grad():
+        restored = model(x).out2[0].clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float64) * 255
+    outputs = {}
+    for strength in ("0", "0.3", "1"):
+        status, err = _restore(
+            capsys, tmp_path / "a.png", "-o", tmp_path / f"s{strength}.png", "--strength", strength, "--model", busy_weights
+        )
+        assert status == 0 and err == []
+        outputs[strength] = np.asarray(Image.open(tmp_path / f"s{strength}.png")).astype(np.float64)
+        expected = np.clip(np.round(photo + float(strength) * (restored - photo)), 0, 255)
+        assert np.abs(outputs[strength] - expected).max() <= 1, strength
+    assert np.array_equal(outputs["0"], photo)  # strength 0 is the input, exactly
+    assert np.abs(outputs["1"] - photo).mean() > 2  # the model does change it
+    # The default is the full restoration.
+    _restore(capsys, tmp_path / "a.png", "-o", tmp_path / "default.png", "--model", busy_weights)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "default.png")), outputs["1"])
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half"])
+def test_strength_outside_0_1_is_refused(value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["restore", "a.png", "--strength", value])
+    assert exit.value.code == 2 and "--strength: must be a number from 0 to 1" in capsys.readouterr().err
+
+
+def test_strength_in_the_python_api() -> None:
+    photo = _photo(seed=7)
+    model = tiny_model("busy")
+    assert np.array_equal(restore_image(photo, model=model, strength=0.0), photo)
+    full = restore_image(photo, model=model).astype(np.int16)
+    half = restore_image(photo, model=model, strength=0.5).astype(np.int16)
+    assert np.abs(half - (photo + full) / 2).max() <= 1
+    with pytest.raises(ValueError, match="strength"):
+        restore_image(photo, model=model, strength=2.0)

@@ -27,9 +27,11 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         "one line and the others go on; the exit status is 1 if any failed. Under torchrun each process "
         "restores every N-th file on its own GPU.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image files, folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff) or globs")  # fmt: skip
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-i", "--input", dest="more_inputs", action="extend", nargs="+", default=[], metavar="INPUT",
+                   help="more inputs, as INPUT (repeatable; default: none)")  # fmt: skip
+    p.add_argument("-o", "--output", default="results",
                    help="output file (for one input file, e.g. out.png) or folder (created; mirrors the sub-folders of folder inputs)")  # fmt: skip
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled model name or weights file, for every image (default: the bundled colour "
@@ -44,13 +46,18 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
         help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32; fp16 needs CUDA",
     )  # fmt: skip
-    p.add_argument("--tile", default="auto", metavar="auto|0|N",
+    _add_fp32(p)
+    p.add_argument("-t", "--tile", default="auto", metavar="auto|0|N",
                    help="tile size in pixels (multiple of 8), 0 for whole images, or auto (whole images while "
                    "memory allows); a whole image that runs out of memory is retried in tiles")  # fmt: skip
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (multiple of 8)")
-    p.add_argument("--ext", default=None, choices=["png", "webp", "jpg"],
-                   help="output format for an output folder (default png): png and webp are lossless (webp stores "
-                   "grey as RGB), jpg is quality 95 with 4:4:4 chroma and drops alpha")  # fmt: skip
+    p.add_argument("--ext", default=None, choices=["png", "webp", "jpg", "auto"],
+                   help="output format for an output folder (default: png): png and webp are lossless (webp stores "
+                   "grey as RGB), jpg is quality 95 with 4:4:4 chroma and drops alpha; auto keeps each input's "
+                   "format and extension where it is one of these, else png")  # fmt: skip
+    p.add_argument("--strength", type=_fraction, default=1.0, metavar="S",
+                   help="how much of the restoration to apply, from 0 (the input) to 1 (the full restoration): "
+                   "input + S * (restored - input), per pixel, before rounding and the projection")  # fmt: skip
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile: faster per image once compiled, but compiling takes "
                    "minutes on a small CPU (cached on disk for later runs); pays for many or large images")  # fmt: skip
@@ -60,7 +67,7 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", action=argparse.BooleanOptionalAction, default=True,
                    help="project each JPEG's restoration onto the file's quantization intervals (DCT coefficients "
                    "read from the file, luma and chroma); it never lowered PSNR in our tests (default: on)")  # fmt: skip
-    p.add_argument("--suffix", default="", help="appended to each output file name before the extension")
+    p.add_argument("--suffix", default="", help="appended to each output file name before the extension (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
     p.add_argument("--max-megapixels", type=float, default=200.0, metavar="MP",
                    help="refuse larger images before decoding them (default: 200); images that would not fit "
@@ -70,9 +77,29 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_restore(args: argparse.Namespace) -> int:
+    from d2lnet.errors import UsageError
     from d2lnet.restore_cli import run_cli
 
+    args.inputs = [*args.inputs, *args.more_inputs]
+    if not args.inputs:
+        raise UsageError("no input: give image files, folders or globs (as INPUT or with -i)")
     return run_cli(args)
+
+
+def _add_fp32(p: argparse.ArgumentParser) -> None:
+    """``--fp32``: Real-ESRGAN's spelling of ``--precision fp32``."""
+    p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="the same as --precision fp32")
+
+
+def _fraction(text: str) -> float:
+    """A number from 0 to 1 (``--strength``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -85,26 +112,48 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", nargs="+", default=None, help="bundled model names, weights files, or 'jpeg' (no restoration); "
                    "default: the bundled model for the mode (for --suite: both)")  # fmt: skip
-    p.add_argument("--data", nargs="+", default=None, metavar="DIR", help="folders of ground-truth images")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="folders of ground-truth images (default: none; needed unless --suite)",
+    )
     p.add_argument("--quality", nargs="+", type=int, default=[10, 20, 30], help="JPEG quality factors")
     p.add_argument("--gray", action="store_true", help="evaluate the grey (BT.601 Y) versions")
-    p.add_argument("--suite", choices=["paper"], default=None, help="run the paper's Tables 1 and 2")
+    p.add_argument(
+        "--suite",
+        choices=["paper"],
+        default=None,
+        help="run the paper's Tables 1 and 2 (default: none, the sets given with --data)",
+    )
     p.add_argument("--data-root", default=None, help="folder holding the test sets (for --suite; "
                    "default: $D2LNET_DATA/test)")  # fmt: skip
-    p.add_argument("--json", default=None, metavar="FILE", help="write the config, per-image and mean results as JSON")
-    p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown")
-    p.add_argument("--save-images", default=None, metavar="DIR", help="save restored images as DIR/<set>/<qf>/<name>.png")
     p.add_argument(
-        "--crops", default=None, metavar="DIR", help="save JPEG | restored | ground-truth centre crops (2x) of a few images"
+        "--json", default=None, metavar="FILE", help="write the config, per-image and mean results as JSON (default: not written)"
+    )
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown (default: not written)")
+    p.add_argument(
+        "--save-images",
+        default=None,
+        metavar="DIR",
+        help="save restored images as DIR/<set>/<qf>/<name>.png (default: not saved)",
+    )
+    p.add_argument(
+        "--crops",
+        default=None,
+        metavar="DIR",
+        help="save JPEG | restored | ground-truth centre crops (2x) of a few images (default: not saved)",
     )
     p.add_argument("--plot-qf", default=None, metavar="FILE", help="sweep QF 5 to 95 (instead of --quality) and plot "
-                   "mean PSNR to FILE (PNG, needs matplotlib), with the numbers beside it (.json, .md)")  # fmt: skip
+                   "mean PSNR to FILE (PNG, needs matplotlib), with the numbers beside it (.json, .md) (default: no sweep)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--tile", default="auto", help="tile size in pixels, 0 for whole images, or auto")
+    p.add_argument("-t", "--tile", default="auto", metavar="auto|0|N", help="tile size in pixels, 0 for whole images, or auto")
     p.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
         help="as for restore: auto is bf16 on GPUs and on CPUs with native bf16, else fp32",
     )  # fmt: skip
+    _add_fp32(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: one per idle CPU)")
     p.set_defaults(func=_run_eval)
 
@@ -121,8 +170,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="CHECKPOINT|auto",
                    help="continue from this checkpoint; auto: continue the run in --out if there is one, else start "
                    "it (one command for the first start and every requeue). Without it, an --out that holds a run "
-                   "is refused")  # fmt: skip
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value (repeatable)")
+                   "is refused (default: start a new run)")  # fmt: skip
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value (repeatable; default: none)"
+    )
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/<recipe name>)")
     p.set_defaults(func=_run_train)
 
@@ -153,7 +204,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "the bundled model (colour or grey by the image, as restore does), compare before and after, and "
         "download the PNG. Each upload is deleted when its request ends and results are not stored. "
         'Needs Gradio: pip install "d2lnet[serve]".',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 opens the page to the network)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -162,11 +212,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-megapixels", type=float, default=16.0, metavar="MP",
                    help="refuse larger images (checked from the header, before decoding)")  # fmt: skip
     p.add_argument("--model", default=None, metavar="NAME|PATH",
-                   help="bundled model name or weights file for every image; None: the bundled colour or grey model by image")  # fmt: skip
+                   help="bundled model name or weights file for every image (default: the bundled colour or grey model by image)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="as for restore")
-    p.add_argument("--tile", default="auto", metavar="auto|0|N", help="as for restore")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (None: PyTorch's choice)")
+    _add_fp32(p)
+    p.add_argument("-t", "--tile", default="auto", metavar="auto|0|N", help="as for restore")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     p.set_defaults(func=_run_serve)
 
 
@@ -199,12 +250,27 @@ def _run_export(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, as with argparse.ArgumentDefaultsHelpFormatter,
+    unless the help already says it in words (for None, an empty string, or a richer statement)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, False, "", argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d2lnet", description="JPEG artifact removal with D2LNet.")
+    parser = argparse.ArgumentParser(
+        prog="d2lnet", description="JPEG artifact removal with D2LNet.", formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"d2lnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_restore, _add_eval, _add_train, _add_models, _add_serve, _add_export):
         add(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return parser
 
 

@@ -169,11 +169,15 @@ class Restorer:
         return count * (len(DIHEDRAL) if self.tta else 1)
 
     @torch.inference_mode()
-    def restore_tensor(self, x: torch.Tensor, quality: int | None = None) -> torch.Tensor:
-        """Restore a float (1, C, H, W) image in [0, 1]; returns it on the CPU, unclamped."""
+    def restore_tensor(self, x: torch.Tensor, quality: int | None = None, strength: float = 1.0) -> torch.Tensor:
+        """Restore a float (1, C, H, W) image in [0, 1]; returns it on the CPU, unclamped.
+        ``strength`` < 1 applies the restoration in part (:func:`blend`)."""
+        check_strength(strength)
         if self.tta:
-            return self_ensemble(x, lambda y: self._restore_once(y, quality))
-        return self._restore_once(x, quality)
+            restored = self_ensemble(x, lambda y: self._restore_once(y, quality))
+        else:
+            restored = self._restore_once(x, quality)
+        return blend(x.to(restored.device), restored, strength)
 
     def _restore_once(self, x: torch.Tensor, quality: int | None) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -215,14 +219,29 @@ class Restorer:
                 weight[0, 0, top : top + tile, left : left + tile] += wt
         return (out / weight)[..., :h, :w]
 
-    def restore(self, image: np.ndarray, quality: int | None = None) -> np.ndarray:
-        """Restore a uint8 (H, W) or (H, W, C) array whose channels match the model's; returns uint8."""
+    def restore(self, image: np.ndarray, quality: int | None = None, strength: float = 1.0) -> np.ndarray:
+        """Restore a uint8 (H, W) or (H, W, C) array whose channels match the model's; returns uint8.
+        ``strength`` < 1 applies the restoration in part (:func:`blend`), before rounding."""
         image = np.asarray(image)
         channels = 1 if image.ndim == 2 else image.shape[2]
         if channels != self.channels:
             kind = "grey" if self.channels == 1 else "RGB"
             raise ValueError(f"this model restores {kind} images ({self.channels} channel(s)); got {channels} channel(s)")
-        return to_image(self.restore_tensor(to_tensor(image)[None], quality)[0]).reshape(image.shape)
+        return to_image(self.restore_tensor(to_tensor(image)[None], quality, strength)[0]).reshape(image.shape)
+
+
+def check_strength(strength: float) -> None:
+    """Raise ValueError unless ``strength`` is a number from 0 to 1."""
+    if not 0 <= strength <= 1:  # also refuses nan
+        raise ValueError(f"strength must be a number from 0 to 1, got {strength}")
+
+
+def blend(x: torch.Tensor, restored: torch.Tensor, strength: float) -> torch.Tensor:
+    """``x + strength * (restored - x)``: the restoration applied in part, for a lighter touch
+    (``--strength``). 0 gives the input back, 1 the restoration; in between, every pixel moves
+    that fraction of the way from the input to the restoration as it is output (clamped to
+    [0, 1]), in float, before rounding."""
+    return restored if strength == 1 else x + strength * (restored.clamp(0, 1) - x)
 
 
 # --------------------------------------------------------------------------- self-ensemble

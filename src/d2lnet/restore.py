@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from d2lnet.engine import Restorer
+from d2lnet.engine import Restorer, check_strength
 from d2lnet.images import SUPPORTED_MODES, LoadedImage, check_mode, to_supported
 from d2lnet.jpeg import estimate_quality
 from d2lnet.model import D2LNet
@@ -50,8 +50,9 @@ def default_model(gray: bool) -> str:
     return DEFAULT_GRAY if gray else DEFAULT_COLOR
 
 
-def restore_pil(image: Image.Image, restorer: Restorer, quality: int | None = None) -> Image.Image:
+def restore_pil(image: Image.Image, restorer: Restorer, quality: int | None = None, strength: float = 1.0) -> Image.Image:
     """Restore a PIL image of mode L, LA, RGB or RGBA; the same mode comes back, alpha untouched.
+    ``strength`` < 1 applies the restoration in part (:func:`d2lnet.engine.blend`).
 
     A grey image and a colour model: replicated to RGB, restored, and back to grey (ITU-R 601-2
     luma). A colour image and a grey model: only the luma (Pillow's JPEG YCbCr) is restored.
@@ -62,13 +63,13 @@ def restore_pil(image: Image.Image, restorer: Restorer, quality: int | None = No
     base = image.convert("L" if gray else "RGB")  # without the alpha
     if restorer.channels == 1 and not gray:
         y, cb, cr = base.convert("YCbCr").split()
-        y = Image.fromarray(restorer.restore(np.asarray(y), quality))
+        y = Image.fromarray(restorer.restore(np.asarray(y), quality, strength))
         restored = Image.merge("YCbCr", (y, cb, cr)).convert("RGB")
     elif restorer.channels == 3 and gray:
         rgb = np.repeat(np.asarray(base)[..., None], 3, axis=2)
-        restored = Image.fromarray(restorer.restore(rgb, quality)).convert("L")
+        restored = Image.fromarray(restorer.restore(rgb, quality, strength)).convert("L")
     else:
-        restored = Image.fromarray(restorer.restore(np.asarray(base), quality))
+        restored = Image.fromarray(restorer.restore(np.asarray(base), quality, strength))
     if alpha is not None:
         restored.putalpha(alpha)
     return restored
@@ -100,15 +101,16 @@ def project_onto_jpeg(restored: Image.Image, jpeg_file: str | Path, orientation:
 
 
 def restore_loaded(
-    loaded: LoadedImage, restorer: Restorer, quality: int | None = None, project_jpeg: bool = True
+    loaded: LoadedImage, restorer: Restorer, quality: int | None = None, project_jpeg: bool = True, strength: float = 1.0
 ) -> tuple[Image.Image, list[str]]:
     """An image read by :func:`d2lnet.images.read_image`, restored as ``d2lnet restore`` does:
-    with ``quality`` or else the file's, then projected onto its JPEG file (``project_jpeg``).
-    Returns the restored image and notes for the user (what could not be done, and why)."""
+    with ``quality`` or else the file's, applied at ``strength`` (:func:`d2lnet.engine.blend`), then
+    projected onto its JPEG file (``project_jpeg``). Returns the restored image and notes for the
+    user (what could not be done, and why)."""
     notes = []
     if quality is None and loaded.quality is None and restorer.model.config.quality_conditioning:
         notes.append(UNKNOWN_QUALITY)
-    restored = restore_pil(loaded.image, restorer, quality if quality is not None else loaded.quality)
+    restored = restore_pil(loaded.image, restorer, quality if quality is not None else loaded.quality, strength)
     converted = bool(loaded.notes)  # e.g. from CMYK: these pixels are not the file's components
     if project_jpeg and loaded.is_jpeg and loaded.path is not None and not converted:
         projected = project_onto_jpeg(restored, loaded.path, loaded.orientation)
@@ -139,6 +141,7 @@ def restore_image(
     *,
     device: str | None = None,
     project_jpeg: bool = True,
+    strength: float = 1.0,
 ) -> Image.Image | np.ndarray:
     """Remove JPEG artifacts from one image.
 
@@ -159,9 +162,13 @@ def restore_image(
             a D2LNet runs (default: where it is). Whole images, or tiles where memory is short.
         project_jpeg: for a PIL image opened from a JPEG file, project the restoration onto that
             file (:func:`project_onto_jpeg`; skipped if the pixels no longer match the file).
+        strength: from 0 to 1, how much of the restoration to apply: every pixel becomes
+            ``input + strength * (restored - input)``, in float before rounding (and before the
+            projection), so 0 gives the input back and 1 (default) the full restoration.
     """
     if quality is not None and not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be a JPEG quality factor from 1 to 100 (or None if unknown), got {quality}")
+    check_strength(strength)
     if isinstance(image, Image.Image):
         source = getattr(image, "filename", "") if image.format in ("JPEG", "MPO") else ""
         if quality is None and source:
@@ -169,7 +176,7 @@ def restore_image(
         if image.mode not in SUPPORTED_MODES:
             image = to_supported(image).image
         restorer = _as_restorer(model, image.mode in ("L", "LA"), device)
-        restored = restore_pil(image, restorer, quality)
+        restored = restore_pil(image, restorer, quality, strength)
         projected = project_onto_jpeg(restored, source) if project_jpeg and source else None
         return projected if projected is not None else restored
     if not isinstance(image, np.ndarray):
@@ -180,4 +187,4 @@ def restore_image(
         raise ValueError(f"expected an array of shape (H, W) or (H, W, C) with C in 1..4, got {image.shape}")
     pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     restorer = _as_restorer(model, pil.mode in ("L", "LA"), device)
-    return np.array(restore_pil(pil, restorer, quality)).reshape(image.shape)
+    return np.array(restore_pil(pil, restorer, quality, strength)).reshape(image.shape)

@@ -94,7 +94,7 @@ def _output(output: str, inputs: list[str], ext: str | None) -> tuple[Path, bool
     if out.is_dir():
         return out, False
     if suffix in OUTPUT_FORMATS:
-        if ext is not None and OUTPUT_FORMATS[f".{ext}"] != OUTPUT_FORMATS[suffix]:
+        if ext not in (None, "auto") and OUTPUT_FORMATS[f".{ext}"] != OUTPUT_FORMATS[suffix]:
             raise UsageError(f"-o {output} names a {OUTPUT_FORMATS[suffix]} file but --ext is {ext}: give one or the other")
         if len(inputs) != 1 or Path(inputs[0]).expanduser().is_dir() or any(c in inputs[0] for c in "*?["):
             raise UsageError(f"-o {output} names an image file, which takes exactly one input file; give a folder instead")
@@ -106,12 +106,21 @@ def _output(output: str, inputs: list[str], ext: str | None) -> tuple[Path, bool
     return out, False
 
 
+def _extension(source: Path, ext: str) -> str:
+    """The output extension for ``source`` in an output folder: ``.EXT``, or for ``auto`` the
+    input's own (as spelled) where it is an output format, else ``.png``."""
+    if ext == "auto":
+        return source.suffix if source.suffix.lower() in OUTPUT_FORMATS else ".png"
+    return f".{ext}"
+
+
 def plan_jobs(inputs: list[str], output: str, ext: str | None = None, suffix: str = "") -> list[Job]:
     """The jobs of a run, in command-line order (each folder's and glob's files sorted).
 
     ``output`` is the output file when it has an image suffix (.png, .webp, .jpg) and there is
     one input file; otherwise a folder, under which each folder input's sub-folders are
-    mirrored, and ``ext`` (default png) is the outputs' format. A file given twice is done once.
+    mirrored, and ``ext`` (default png) is the outputs' format (``auto``: each input's own format and
+    extension where it can be written, else png). A file given twice is done once.
     A file found in a folder or glob that is another input's output (``--suffix``: an earlier
     run's output) is not an input. Found here, before anything runs: an input that names
     nothing, an output that would overwrite an input or cannot be written, and two inputs with
@@ -136,7 +145,7 @@ def plan_jobs(inputs: list[str], output: str, ext: str | None = None, suffix: st
             if source.resolve() in sources:
                 continue
             sources.add(source.resolve())
-            dest = out if to_file else out / sub_folder / f"{source.stem}{suffix}.{ext}"
+            dest = out if to_file else out / sub_folder / f"{source.stem}{suffix}{_extension(source, ext)}"
             planned.append((Job(source, dest), source != Path(arg).expanduser()))
     if suffix:  # one_r.png found beside one.jpg is one.jpg's output (from an earlier run), not an input
         writer = {job.dest.resolve(): job.source for job, _ in planned if job.dest is not None}
@@ -227,7 +236,7 @@ def _restore_file(
     with Progress(tiles, f"{prefix}{job.source.name}", "tile", enabled=tiles > restorer.tile_batch, transient=True) as bar:
         restorer.on_tiles = bar.update
         try:
-            restored, notes = restore_loaded(loaded, restorer, quality, args.project)
+            restored, notes = restore_loaded(loaded, restorer, quality, args.project, args.strength)
         finally:
             restorer.on_tiles = None
     warnings = [*loaded.notes, *notes]
