@@ -52,7 +52,12 @@ def measure(restorer: Restorer, image: torch.Tensor, quality: int | None, repeat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="fp16 needs CUDA; bf16 runs on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="fp16 needs CUDA; bf16 runs on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16)",
+    )
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=768)

@@ -117,7 +117,9 @@ def main() -> None:
             "params": params,
             "gflops_per_megapixel": round((plain + fft) / (256 * 256) * 1e6 / 1e9, 2),
             "fft_share": round(fft / (plain + fft), 4),
-            "released_unused_params": released_unused_parameters(model.config) if name in ("d2lnet-paper", "d2lnet-released") else None,
+            "released_unused_params": released_unused_parameters(model.config)
+            if name in ("d2lnet-paper", "d2lnet-released")
+            else None,
             "seconds": {},
         }
         model.to(device, memory_format=torch.channels_last)  # as the inference engine runs it

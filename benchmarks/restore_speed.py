@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from common import cpu_isa, cpu_name
+from PIL import Image
 
 
 def spin(stop) -> None:  # noqa: ANN001 - a multiprocessing Event
@@ -70,13 +69,26 @@ def main() -> None:
             for rep in range(args.reps):
                 for name, (src, extra) in variants.items():
                     env = {**os.environ, "PYTHONPATH": src}
-                    command = [sys.executable, "-m", "d2lnet", "restore", str(photo), "-o", f"{tmp}/{name}.png", "--overwrite", *extra]
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "d2lnet",
+                        "restore",
+                        str(photo),
+                        "-o",
+                        f"{tmp}/{name}.png",
+                        "--overwrite",
+                        *extra,
+                    ]
                     start = time.perf_counter()
                     subprocess.run(command, env=env, check=True, capture_output=True)
                     times[name].append(time.perf_counter() - start)
                     print(f"rep {rep} {name}: {times[name][-1]:.2f} s", flush=True)
             reference = np.asarray(Image.open(f"{tmp}/{next(iter(variants))}.png"), dtype=np.float64)
-            agreement = {name: float(np.abs(np.asarray(Image.open(f"{tmp}/{name}.png"), dtype=np.float64) - reference).mean()) for name in variants}
+            agreement = {
+                name: float(np.abs(np.asarray(Image.open(f"{tmp}/{name}.png"), dtype=np.float64) - reference).mean())
+                for name in variants
+            }
     finally:
         stop.set()
         for p in spinners:
@@ -92,7 +104,9 @@ def main() -> None:
              f"{args.busy} core(s) kept busy by another process; median of {args.reps}, interleaved.", "",
              "| variant | args | median s | speed-up vs first | mean abs diff to first (0-255) |", "|---|---|---:|---:|---:|"]  # fmt: skip
     for name, row in document["variants"].items():
-        lines.append(f"| {name} | {row['args'] or '(defaults)'} | {row['median_s']:.2f} | {first / row['median_s']:.2f}x | {row['mean_abs_diff_to_first']:.3f} |")
+        lines.append(
+            f"| {name} | {row['args'] or '(defaults)'} | {row['median_s']:.2f} | {first / row['median_s']:.2f}x | {row['mean_abs_diff_to_first']:.3f} |"
+        )
     if args.out:
         Path(args.out + ".json").write_text(json.dumps(document, indent=2) + "\n")
         Path(args.out + ".md").write_text("\n".join(lines) + "\n")

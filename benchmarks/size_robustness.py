@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_isa, cpu_name
 
-from common import cpu_name, cpu_isa
 from d2lnet import jpeg, metrics
 from d2lnet.data import split_holdout
 from d2lnet.engine import Restorer

@@ -29,7 +29,9 @@ from d2lnet.model import CONFIGS, build
 RESULTS = Path(__file__).parent / "results"
 
 
-def measure(name: str, device: torch.device, batch: int, crop: int, bf16: bool, channels_last: bool, warmup: int, runs: int) -> dict:
+def measure(
+    name: str, device: torch.device, batch: int, crop: int, bf16: bool, channels_last: bool, warmup: int, runs: int
+) -> dict:
     """Samples per second (median over ``runs`` steps) and, on CUDA, peak memory in GiB."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -113,7 +115,10 @@ def main() -> None:
     ]
     for r in rows:
         extra = f" {r['peak_memory_gib']:.2f} |" if cuda else ""
-        lines.append(f"| {r['config']} | {'yes' if r['bf16'] else 'no'} | {'yes' if r['channels_last'] else 'no'} | {r['samples_per_s']:.3f} |" + extra)
+        lines.append(
+            f"| {r['config']} | {'yes' if r['bf16'] else 'no'} | {'yes' if r['channels_last'] else 'no'} | {r['samples_per_s']:.3f} |"
+            + extra
+        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

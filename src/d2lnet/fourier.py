@@ -99,9 +99,7 @@ def inverse(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm = "ortho") -> 
         return torch.fft.irfft2(s, s=size, norm=norm)
 
 
-def swap_amplitude(
-    amplitude_from: torch.Tensor, phase_from: torch.Tensor, norm: FFTNorm = "ortho"
-) -> torch.Tensor:
+def swap_amplitude(amplitude_from: torch.Tensor, phase_from: torch.Tensor, norm: FFTNorm = "ortho") -> torch.Tensor:
     """F^-1(A(amplitude_from), P(phase_from)): the image with one's amplitude and the other's phase.
 
     With ``amplitude_from = X_out1`` and ``phase_from = X_in`` this is X_inv of equation (13).
@@ -111,9 +109,7 @@ def swap_amplitude(
     return inverse(with_amplitude(s, amplitude, new_amplitude), phase_from.shape[-2:], norm)
 
 
-def swap_amplitude_literal(
-    amplitude_from: torch.Tensor, phase_from: torch.Tensor, norm: FFTNorm = "ortho"
-) -> torch.Tensor:
+def swap_amplitude_literal(amplitude_from: torch.Tensor, phase_from: torch.Tensor, norm: FFTNorm = "ortho") -> torch.Tensor:
     """:func:`swap_amplitude` as eq. (13) reads, through the angle: the reference it is tested against."""
     amplitude, _ = amplitude_phase(amplitude_from, norm)
     _, phase = amplitude_phase(phase_from, norm)

@@ -29,7 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lnet.fourier import FFTNorm, amplitude_phase, from_amplitude_phase, inverse, phase_of, spectrum, swap_amplitude, with_amplitude
+from d2lnet.fourier import (
+    FFTNorm,
+    amplitude_phase,
+    from_amplitude_phase,
+    inverse,
+    phase_of,
+    spectrum,
+    swap_amplitude,
+    with_amplitude,
+)
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ CONFIGS: dict[str, D2LNetConfig] = {
 }
 
 
-def build(name: str, **overrides) -> "D2LNet":
+def build(name: str, **overrides) -> D2LNet:
     """Build an untrained D2LNet from a named configuration, e.g. ``build("d2lnet-s", in_channels=1)``."""
     if name not in CONFIGS:
         raise KeyError(f"unknown configuration {name!r}; choose one of {', '.join(CONFIGS)}")
@@ -301,9 +310,7 @@ class CorrectionModule(nn.Module):
         super().__init__()
         widths = [config.width * 2**i for i in range(config.depth)]
         slope = config.relu_slope
-        self.encoder = nn.ModuleList(
-            self.block(widths[max(i - 1, 0)], widths[i], config) for i in range(config.depth)
-        )
+        self.encoder = nn.ModuleList(self.block(widths[max(i - 1, 0)], widths[i], config) for i in range(config.depth))
         self.down = nn.ModuleList(nn.Conv2d(w, w, 4, stride=2, padding=1, bias=False) for w in widths[:-1])
         self.skip = nn.ModuleList(HINResBlock(w, slope) for w in widths[:-1])
         self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in widths[:-1])

@@ -1,0 +1,156 @@
+"""The fast Fourier path against the literal one, in one process, interleaved; and where the time goes.
+
+"literal" runs every correction block and eq. (13) through the angle, as the equations read
+(``DualDomainBlock.fourier_literal``, ``fourier.swap_amplitude_literal``: what the model did
+before the fast path); "fast" is the model as it is. For each precision (fp32, and bf16 where
+the CPU computes it natively) it times a d2lnet-s forward pass and a training step, alternating
+the two paths, and profiles one forward of each into operator groups: convolutions, FFTs,
+atan2/cos/sin, dtype copies, and the rest.
+
+    python benchmarks/fourier_path.py --threads 1 --out benchmarks/results/fourier_path_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from common import cpu_isa, cpu_name
+
+from d2lnet import fourier
+from d2lnet import model as model_module
+from d2lnet.device import cpu_has_native_bf16
+from d2lnet.losses import D2LLoss
+from d2lnet.model import DualDomainBlock, build
+
+GROUPS = {  # profiler operator name -> group
+    "convolution": ("conv", "mkldnn_convolution", "convolution_backward", "mkldnn_convolution_backward"),
+    "fft": ("_fft_r2c", "_fft_c2r", "_fft_c2c"),
+    "atan2/cos/sin": ("atan2", "cos", "sin"),
+    "dtype copies": ("copy_", "_to_copy"),
+}
+
+
+@contextlib.contextmanager
+def literal_path() -> Iterator[None]:
+    """Run the model through the literal forms of eqs. (7)-(8) and (13) meanwhile."""
+    fast_fourier, fast_swap = DualDomainBlock.fourier, model_module.swap_amplitude
+    DualDomainBlock.fourier, model_module.swap_amplitude = DualDomainBlock.fourier_literal, fourier.swap_amplitude_literal
+    try:
+        yield
+    finally:
+        DualDomainBlock.fourier, model_module.swap_amplitude = fast_fourier, fast_swap
+
+
+def forward_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(x, 30.0)
+
+    return run
+
+
+def train_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+    criterion = D2LLoss(0.0, model.config.fft_norm)
+    qf = torch.full((x.shape[0],), 30.0)
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, qf)
+        loss = criterion(out.out1.float(), out.out2.float(), x).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return run
+
+
+def profile(run: Callable[[], None]) -> dict[str, float]:
+    """Share of self CPU time per operator group over one call."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    totals: dict[str, float] = {group: 0.0 for group in [*GROUPS, "other"]}
+    for event in prof.key_averages():
+        name = event.key.removeprefix("aten::")
+        group = next((g for g, names in GROUPS.items() if name in names), "other")
+        totals[group] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {group: value / whole for group, value in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="d2lnet-s")
+    parser.add_argument("--size", type=int, default=256, help="forward: one image of SIZE x SIZE")
+    parser.add_argument("--train-crop", type=int, default=128, help="training step: batch 4 of crops this size")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+    rows = []
+    for precision in precisions:
+        bf16 = precision == "bf16"
+        for kind, make, shape in (
+            ("forward", forward_step, (1, 3, args.size, args.size)),
+            ("train step", train_step, (4, 3, args.train_crop, args.train_crop)),
+        ):
+            model = build(args.config).to(memory_format=torch.channels_last)
+            model.eval() if kind == "forward" else model.train()
+            x = torch.rand(*shape).contiguous(memory_format=torch.channels_last)
+            run = make(model, x, bf16)
+            paths = {"literal": literal_path, "fast": contextlib.nullcontext}
+            times: dict[str, list[float]] = {p: [] for p in paths}
+            for context in paths.values():  # warm-up
+                with context():
+                    run()
+            for _ in range(args.reps):
+                for path, context in paths.items():
+                    with context():
+                        start = time.perf_counter()
+                        run()
+                        times[path].append(time.perf_counter() - start)
+            shares = {}
+            for path, context in paths.items():
+                with context():
+                    shares[path] = profile(run)
+            row = {"precision": precision, "kind": kind, "shape": list(shape),
+                   **{f"{p}_s": statistics.median(t) for p, t in times.items()}, "profile": shares}  # fmt: skip
+            row["speedup"] = row["literal_s"] / row["fast_s"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    document = {
+        "cpu": cpu_name(),
+        "isa": cpu_isa(),
+        "threads": args.threads,
+        "config": args.config,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    lines = [f"{args.config}, {document['cpu']} ({document['isa']}), {args.threads} thread(s), PyTorch {torch.__version__}; "
+             f"median of {args.reps}, the two paths alternating. Profile: share of self CPU time.", "",
+             "| precision | step | shape | literal s | fast s | speed-up | " + " | ".join(f"{g} (literal / fast)" for g in [*GROUPS, "other"]) + " |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * (len(GROUPS) + 1)]  # fmt: skip
+    for r in rows:
+        groups = " | ".join(f"{r['profile']['literal'][g]:.0%} / {r['profile']['fast'][g]:.0%}" for g in [*GROUPS, "other"])
+        lines.append(
+            f"| {r['precision']} | {r['kind']} | {'x'.join(map(str, r['shape']))} | {r['literal_s']:.3f} | {r['fast_s']:.3f} | {r['speedup']:.2f}x | {groups} |"
+        )
+    if args.out:
+        Path(args.out + ".json").write_text(json.dumps(document, indent=2) + "\n")
+        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
