@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=30)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--busy", type=int, default=0, help="cores kept busy by other processes meanwhile")
+    parser.add_argument("--note", default="", help="what else the machine was doing, for the record")
     parser.add_argument("--out", default="", help="write OUT.json and OUT.md")
     args = parser.parse_args()
 
@@ -95,13 +96,14 @@ def main() -> None:
             p.join()
 
     document = {
-        "cpu": cpu_name(), "isa": cpu_isa(), "busy_cores": args.busy, "photo": f"{args.size[0]}x{args.size[1]}, JPEG QF {args.quality}",
+        "cpu": cpu_name(), "isa": cpu_isa(), "busy_cores": args.busy, "note": args.note, "photo": f"{args.size[0]}x{args.size[1]}, JPEG QF {args.quality}",
         "variants": {name: {"args": " ".join(extra), "seconds": times[name], "median_s": statistics.median(times[name]),
                             "mean_abs_diff_to_first": agreement[name]} for name, (_, extra) in variants.items()},
     }  # fmt: skip
     first = statistics.median(next(iter(times.values())))
     lines = [f"`d2lnet restore` of a {document['photo']} photo, start-up included; {document['cpu']} ({document['isa']}); "
-             f"{args.busy} core(s) kept busy by another process; median of {args.reps}, interleaved.", "",
+             f"{args.busy} core(s) kept busy by another process; median of {args.reps}, interleaved."
+             + (f" {args.note}" if args.note else ""), "",
              "| variant | args | median s | speed-up vs first | mean abs diff to first (0-255) |", "|---|---|---:|---:|---:|"]  # fmt: skip
     for name, row in document["variants"].items():
         lines.append(
