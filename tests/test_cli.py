@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +288,16 @@ def test_strength_in_the_python_api() -> None:
     assert np.abs(half - (photo + full) / 2).max() <= 1
     with pytest.raises(ValueError, match="strength"):
         restore_image(photo, model=model, strength=2.0)
+
+
+def test_the_readmes_first_command_writes_where_git_ignores(tmp_path) -> None:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (REPO / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if "d2lnet restore " in line and not line.lstrip().startswith("#"))
+    words = shlex.split(first[first.index("d2lnet restore") :].split("#")[0])
+    args = build_parser().parse_args(words[1:])
+    outputs = [args.output] if Path(args.output).suffix else [f"{args.output}/{Path(i).stem}.png" for i in args.inputs]
+    for output in outputs:
+        result = subprocess.run(["git", "check-ignore", "-q", output], cwd=REPO)
+        assert result.returncode == 0, f"{output}, written by the README's first command ({first.strip()}), is not ignored by git"
