@@ -63,7 +63,7 @@ def test_the_package_imports_its_api_on_first_use() -> None:
         "from d2lnet import build, load_model, restore_image, CONFIGS, PRETRAINED\n"
         "assert 'torch' in sys.modules and type(d2lnet.build('d2lnet-xs')).__name__ == 'D2LNet'\n"
         "assert callable(d2lnet.load_model) and callable(d2lnet.restore_image) and 'd2lnet-s-color' in d2lnet.PRETRAINED\n"
-        "assert set(d2lnet.__all__) <= set(dir(d2lnet))\n"
+        "assert set(d2lnet.__all__) == {*d2lnet._EXPORTS, '__version__'} and set(d2lnet.__all__) <= set(dir(d2lnet))\n"
         "try:\n"
         "    d2lnet.no_such_name\n"
         "except AttributeError:\n"

@@ -23,7 +23,17 @@ _EXPORTS = {
     "restore_image": "d2lnet.restore",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "CONFIGS",
+    "D2LNet",
+    "D2LNetConfig",
+    "PRETRAINED",
+    "build",
+    "list_models",
+    "load_model",
+    "restore_image",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from d2lnet.cards import PRETRAINED
