@@ -301,3 +301,13 @@ def test_the_readmes_first_command_writes_where_git_ignores(tmp_path) -> None:
     for output in outputs:
         result = subprocess.run(["git", "check-ignore", "-q", output], cwd=REPO)
         assert result.returncode == 0, f"{output}, written by the README's first command ({first.strip()}), is not ignored by git"
+
+
+def test_models_table_shows_the_totals_of_a_model_trained_in_several_runs() -> None:
+    from d2lnet.cards import _budget
+
+    one_run = {"steps": 1300, "batch_size": 4, "crop": 96, "minutes": 106.0}
+    assert _budget(one_run) == "1300 steps x 4 x 96px, 106 min"
+    runs = [{"steps": 10000}, {"steps": 1300}]
+    two_runs = {**one_run, "cumulative": {"steps": 11300, "images_seen": 45200, "cpu_hours": 4.88, "runs": runs}}
+    assert _budget(two_runs) == "11300 steps in 2 runs, 45200 crops, 4.9 CPU h"
