@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -23,3 +25,11 @@ def cpu_isa() -> str:
         return "unknown"
     named = [("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")]
     return ", ".join(label for flag, label in named if flag in flags) or "no AVX2"
+
+
+def write_results(out: str, document: dict, markdown: str) -> None:
+    """``OUT.json`` (the full document) and ``OUT.md`` (its tables), when ``out`` is given; the tables to stdout."""
+    if out:
+        Path(out + ".json").write_text(json.dumps(document, indent=2) + "\n")
+        Path(out + ".md").write_text(markdown.rstrip("\n") + "\n")
+    print(markdown)

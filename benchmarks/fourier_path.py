@@ -18,10 +18,9 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 
 from d2lnet import fourier
 from d2lnet import model as model_module
@@ -146,10 +145,7 @@ def main() -> None:
         lines.append(
             f"| {r['precision']} | {r['kind']} | {'x'.join(map(str, r['shape']))} | {r['literal_s']:.3f} | {r['fast_s']:.3f} | {r['speedup']:.2f}x | {groups} |"
         )
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(document, indent=2) + "\n")
-        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, document, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ process meanwhile, as on a desktop doing other work.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 from PIL import Image
 
 
@@ -109,10 +108,7 @@ def main() -> None:
         lines.append(
             f"| {name} | {row['args'] or '(defaults)'} | {row['median_s']:.2f} | {first / row['median_s']:.2f}x | {row['mean_abs_diff_to_first']:.3f} |"
         )
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(document, indent=2) + "\n")
-        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, document, "\n".join(lines))
 
 
 if __name__ == "__main__":

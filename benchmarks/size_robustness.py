@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 
 from d2lnet import jpeg, metrics
 from d2lnet.data import split_holdout
@@ -71,10 +71,7 @@ def main() -> None:
 
     document = {"cpu": cpu_name(), "isa": cpu_isa(), "threads": args.threads, "precision": args.precision,
                 "images": [n for n, _ in images], "holdout": args.holdout, "results": results}  # fmt: skip
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(document, indent=2) + "\n")
-        Path(args.out + ".md").write_text(markdown(document))
-    print(markdown(document))
+    write_results(args.out, document, markdown(document))
 
 
 def markdown(document: dict) -> str:
