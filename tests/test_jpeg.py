@@ -1,6 +1,7 @@
 """JPEG round-trips, quality estimation, and the protocol's JPEG rows of ../shared/DATA.md."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,48 @@ def test_protocol_reproduces_the_papers_jpeg_rows_at_qf10(shared_data, folder, e
     assert round(measured[0], 2) == expected[0]
     assert round(measured[1], 3) == expected[1]
     assert round(measured[2], 2) == expected[2]
+
+
+# --------------------------------------------------------------------------- quality from pixels
+
+
+@pytest.fixture(scope="module")
+def textured() -> np.ndarray:
+    """A 128x160 colour image with edges, gradients and texture, unclipped."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:128, 0:160]
+    base = np.stack([120 + 60 * np.sin(x / 9 + y / 13), 128 + 50 * np.sign(np.sin(y / 11)), 100 + 0.6 * x], axis=-1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 10, 245).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gray", [False, True], ids=["colour", "grey"])
+def test_quality_from_pixels_is_the_quality_pillow_compressed_with(textured, gray):
+    wrong = {}
+    for quality in (5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95):
+        found = jpeg.estimate_quality_from_pixels(jpeg.roundtrip(textured, quality, gray))
+        if found != quality:
+            wrong[quality] = found
+    assert not wrong
+
+
+def test_quality_from_pixels_of_a_real_jpeg_agrees_with_its_tables():
+    path = Path(__file__).parents[1] / "examples" / "astronaut_q20.jpg"
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert jpeg.estimate_quality(path) == 20
+    assert jpeg.estimate_quality_from_pixels(pixels) == 20
+    assert jpeg.estimate_quality_from_pixels(np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)])) == 20  # RGBA
+
+
+def test_quality_from_pixels_is_none_without_a_jpeg_grid(textured):
+    decoded = jpeg.roundtrip(textured, 30)
+    assert jpeg.estimate_quality_from_pixels(textured) is None  # never compressed
+    assert jpeg.estimate_quality_from_pixels(decoded[3:, 5:]) is None  # cropped off the 8x8 grid
+    half = np.asarray(Image.fromarray(decoded).resize((80, 64), Image.Resampling.BICUBIC))
+    assert jpeg.estimate_quality_from_pixels(half) is None  # rescaled
+    assert jpeg.estimate_quality_from_pixels(decoded[:16, :16]) is None  # 4 blocks: too few to tell
+    assert jpeg.estimate_quality_from_pixels(np.full((64, 64), 255, np.uint8)) is None  # every block clipped
+
+
+def test_quality_from_pixels_of_a_jpeg_resaved_coarser_is_the_coarser_quality(textured):
+    assert jpeg.estimate_quality_from_pixels(jpeg.roundtrip(jpeg.roundtrip(textured, 90), 20)) == 20

@@ -15,25 +15,15 @@ extra); chroma is projected at the file's chroma resolution, its correction upsa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from d2lnet.jpeg import BLOCK
+from d2lnet.jpeg import BLOCK, dct_matrix
 
-
-def _dct_matrix(n: int = BLOCK) -> np.ndarray:
-    """The orthonormal DCT-II matrix: JPEG's 8x8 DCT of a block B is ``D @ B @ D.T``."""
-    k, x = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    d = np.cos((2 * x + 1) * k * math.pi / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2)
-    return d
-
-
-_D = _dct_matrix()
+_D = dct_matrix()
 
 
 @dataclass(frozen=True)
