@@ -24,6 +24,7 @@ from PIL import Image, ImageCms
 import d2lnet.pretrained
 import d2lnet.restore as restore_module
 import d2lnet.restore_cli as restore_cli_module
+from d2lnet import jpeg
 from d2lnet.cli import main
 from d2lnet.device import Launch, launch
 from d2lnet.engine import parse_tile
@@ -509,6 +510,17 @@ def test_cmyk_is_converted_through_its_icc_profile(tmp_path: Path, capsys, weigh
     assert seen == [("CMYK", fake_cmyk_profile, "RGB")]
     with Image.open(tmp_path / "out" / "c.png") as out:
         assert np.asarray(out)[0, 0].tolist() == [10, 20, 30] and out.info.get("icc_profile") == srgb
+
+
+def test_a_png_saved_from_a_jpeg_is_restored_at_the_quality_its_pixels_show(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    seen = []
+    forward = D2LNet.forward
+    monkeypatch.setattr(D2LNet, "forward", lambda self, x, qf=None: seen.append(qf) or forward(self, x, qf))
+    textured = np.clip(image(64, 96) + np.random.default_rng(1).normal(0, 12, (64, 96, 3)), 8, 247).astype(np.uint8)
+    Image.open(io.BytesIO(jpeg.compress(textured, 40))).save(tmp_path / "from_jpeg.png")
+    rc, _, err = run(capsys, tmp_path / "from_jpeg.png", "-o", tmp_path / "out", "--model", weights["busy"], all_lines=True)
+    assert rc == 0 and seen and {float(q) for q in seen} == {40.0}, (seen, err)
+    assert len(err) == 1 and "quality 40 estimated from the JPEG quantization its pixels show" in err[0]
 
 
 def test_unknown_quality_is_said_once_per_run(tmp_path: Path, capsys, weights) -> None:

@@ -60,11 +60,11 @@ def test_grey_model_restores_luma_of_colour_images(rgb_image: np.ndarray) -> Non
 def test_colour_model_restores_grey_images_through_rgb(rgb_image: np.ndarray) -> None:
     restorer = Restorer(tiny_model("busy"), "cpu")
     grey = rgb_image[..., 1]
-    rgb = restorer.restore(np.repeat(grey[..., None], 3, axis=2)).astype(np.int64)
+    rgb = restorer.restore(np.repeat(grey[..., None], 3, axis=2), 50).astype(np.int64)
     assert (rgb[..., 0] != rgb[..., 2]).any()  # the channels come out different: the way back matters
     # ITU-R 601-2 luma in Pillow's fixed point: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16.
     expected = (rgb @ np.array([19595, 38470, 7471]) + 32768) >> 16
-    np.testing.assert_array_equal(restore_image(grey, restorer), expected)
+    np.testing.assert_array_equal(restore_image(grey, restorer, quality=50), expected)
 
 
 def test_restore_image_model_kinds(tiny_weights, rgb_image: np.ndarray) -> None:
@@ -96,11 +96,16 @@ def test_restore_image_passes_quality(monkeypatch: pytest.MonkeyPatch, rgb_image
     monkeypatch.setattr(D2LNet, "forward", lambda self, x, qf=None: seen.append(qf) or forward(self, x, qf))
     model = tiny_model("identity")
     restore_image(rgb_image, model, quality=37)
-    restore_image(rgb_image, model)
-    Image.fromarray(rgb_image).save(tmp_path / "q33.jpg", quality=33)
+    tiled = np.tile(rgb_image, (2, 2, 1))  # 90x122: enough 8x8 blocks to show a JPEG's quantization
+    noisy = np.clip(tiled + np.random.default_rng(0).normal(0, 12, tiled.shape), 8, 247).astype(np.uint8)
+    restore_image(noisy, model)  # never a JPEG: unknown
+    Image.fromarray(noisy).save(tmp_path / "q33.jpg", quality=33)
     with Image.open(tmp_path / "q33.jpg") as opened:
         restore_image(opened, model)  # read from the file it was opened from
-    assert seen == [37, None, 33]
+        decoded = np.asarray(opened.convert("RGB"))
+    restore_image(decoded, model)  # an array of JPEG pixels: the quality they show
+    restore_image(Image.fromarray(decoded), model)
+    assert seen[:3] == [37, None, 33] and [float(q) for q in seen[3:]] == [33.0, 33.0]
 
 
 def test_restore_image_rejects_bad_input(rgb_image: np.ndarray) -> None:

@@ -62,8 +62,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {"model": save_release(tiny_model("busy"), folder / "busy.safetensors", ModelCard("busy", "for tests"))}
     paths["jpeg"] = folder / "photo.jpg"
     Image.fromarray(photo()).save(paths["jpeg"], quality=QUALITY)
-    paths["png"] = folder / "photo.png"
-    Image.fromarray(photo()).save(paths["png"])
+    paths["png"] = folder / "photo.png"  # the JPEG's pixels, saved losslessly: no tables, the quantization stays
+    with Image.open(paths["jpeg"]) as decoded:
+        decoded.save(paths["png"])
+    paths["noise_png"] = folder / "noise_small.png"  # never compressed
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths["noise_png"])
     paths["too_many_pixels"] = folder / "wide.jpg"  # 65,536 pixels in a small file
     Image.fromarray(photo(256, 256)).save(paths["too_many_pixels"], quality=QUALITY)
     paths["too_large"] = folder / "noise.png"  # 19,200 pixels in about 58 kB
@@ -217,6 +220,8 @@ def test_server_refuses_over_limit_uploads_and_keeps_no_image(server, files):
     quality, details, slider, download = client.predict(handle_file(str(files["jpeg"])), api_name="/restore")
     assert quality == str(QUALITY) and "160x120, colour: restored with" in details
     quality, *_ = client.predict(handle_file(str(files["png"])), api_name="/restore")
+    assert quality == f"{QUALITY} (estimated from its pixels: not a JPEG file)"
+    quality, *_ = client.predict(handle_file(str(files["noise_png"])), api_name="/restore")
     assert quality.startswith("unknown")
     # Every upload went through Gradio's upload folder; none is left, nor any result.
     assert files_under(server.temp_root) == []

@@ -14,13 +14,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_model
 
+from d2lnet.jpeg import roundtrip
 from d2lnet.model import D2LNet, D2LNetConfig, build
 from d2lnet.pretrained import ModelCard, load_model, save_release
-from d2lnet.spandrel_arch import detect, infer_config, restore_unknown_quality
+from d2lnet.spandrel_arch import detect, infer_config, restore_pixels_only
 
 
 def _spandrel_reason() -> str | None:
@@ -103,14 +105,22 @@ def test_legacy_keys_are_detected_and_load() -> None:
         assert torch.equal(rebuilt.eval()(image).out2, model(image).out2)
 
 
-def test_call_passes_an_unknown_quality() -> None:
-    """The call equals forward with an unknown quality (None), not a known one."""
+def test_call_passes_the_quality_the_pixels_show_else_an_unknown_one() -> None:
+    """Noise shows no JPEG quantization: the call is forward with an unknown quality (None), not
+    a known one. A batch of a decoded JPEG (Pillow, quality 30) and noise: 30 and unknown."""
     model = tiny_model("busy")
-    image = torch.rand(1, 3, 20, 28)
+    noise = torch.rand(1, 3, 64, 64)
+    rng = np.random.default_rng(2)
+    y, x = np.mgrid[0:64, 0:64]
+    smooth = np.stack([120 + 60 * np.sin(x / 7 + y / 9)] * 3, axis=-1) + rng.normal(0, 12, (64, 64, 3))
+    decoded = torch.from_numpy(roundtrip(np.clip(smooth, 8, 247).astype(np.uint8), 30)).permute(2, 0, 1)[None] / 255
     with torch.no_grad():
-        got = restore_unknown_quality(model, image)
-        assert torch.equal(got, model(image, None).out2)
-        assert not torch.allclose(got, model(image, torch.tensor([10.0])).out2)
+        got = restore_pixels_only(model, noise)
+        assert torch.equal(got, model(noise, None).out2)
+        assert not torch.allclose(got, model(noise, torch.tensor([10.0])).out2)
+        batch = torch.cat([decoded, noise])
+        expected = model(batch, torch.tensor([30.0, float("nan")])).out2
+        assert torch.equal(restore_pixels_only(model, batch), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -119,8 +129,8 @@ def test_call_in_half_precision(dtype: torch.dtype) -> None:
     model = tiny_model("busy")
     image = torch.rand(1, 3, 16, 24)
     with torch.no_grad():
-        expected = restore_unknown_quality(model, image)
-        got = restore_unknown_quality(tiny_model("busy").to(dtype), image.to(dtype))
+        expected = restore_pixels_only(model, image)
+        got = restore_pixels_only(tiny_model("busy").to(dtype), image.to(dtype))
     assert got.dtype == dtype
     assert (got.float() - expected).abs().max().item() < 0.05
 

@@ -39,8 +39,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
                    "as RGB and converts back, a grey model restores the luma of colour images)")  # fmt: skip
     p.add_argument("--quality", default="auto", metavar="auto|N",
                    help="JPEG quality factor 1-100 for every image, or 'auto' (default): read from each JPEG file's "
-                   "quantization tables; for other formats the quality is unknown and the blind model uses its "
-                   "learned unknown-quality embedding")  # fmt: skip
+                   "quantization tables; for other formats, the quality whose quantization the pixels show (a PNG saved "
+                   "from a JPEG), else unknown: the blind model then uses its learned unknown-quality embedding")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

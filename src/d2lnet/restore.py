@@ -3,9 +3,11 @@
 Quality factor. The blind models take the JPEG quality factor (QF) as an input. For a PIL
 image opened from a JPEG file it is read from the file's quantization tables
 (:func:`d2lnet.jpeg.estimate_quality`); ``quality=N`` overrides it. For anything else (an
-array, a PNG, even one decoded from a JPEG) the quality is *unknown*: None, and the model
-uses the embedding it learned for images of unknown quality (training hides the QF now and
-then for this). Models without quality conditioning ignore the QF.
+array, a PNG) it is the quality whose quantization the pixels still show, if they do
+(:func:`d2lnet.jpeg.estimate_quality_from_pixels`: a PNG saved from a JPEG, uncropped and
+unscaled). Otherwise the quality is *unknown*: None, and the model uses the embedding it
+learned for images of unknown quality (training hides the QF now and then for this). Models
+without quality conditioning ignore the QF.
 
 Channels. Grey images (L, LA) go to the grey model and colour images (RGB, RGBA) to the
 colour model unless a model is named. A grey image given to a colour model is replicated
@@ -31,7 +33,7 @@ from PIL import Image
 
 from d2lnet.engine import Restorer, check_strength
 from d2lnet.images import SUPPORTED_MODES, LoadedImage, check_mode, to_supported
-from d2lnet.jpeg import estimate_quality
+from d2lnet.jpeg import estimate_quality, estimate_quality_from_pixels
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import DEFAULT_COLOR, DEFAULT_GRAY, load_model
 from d2lnet.projection import project, read_components
@@ -42,12 +44,34 @@ _UPRIGHT = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
 }  # fmt: skip
 _AS_STORED = {**_UPRIGHT, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
-UNKNOWN_QUALITY = "not a JPEG file: its quality factor is unknown, and the model is told so (give --quality N if you know it)"
+UNKNOWN_QUALITY = (
+    "not a JPEG file, and its pixels show no JPEG quantization: the quality factor is unknown, "
+    "and the model is told so (give --quality N if you know it)"
+)
+ESTIMATED_QUALITY = "not a JPEG file: quality {} estimated from the JPEG quantization its pixels show (--quality N overrides it)"
 
 
 def default_model(gray: bool) -> str:
     """The bundled model for grey or colour images."""
     return DEFAULT_GRAY if gray else DEFAULT_COLOR
+
+
+def pixel_quality(image: Image.Image) -> int | None:
+    """:func:`d2lnet.jpeg.estimate_quality_from_pixels` of a PIL image of mode L, LA, RGB or RGBA."""
+    return estimate_quality_from_pixels(np.asarray(image.convert("L" if image.mode in ("L", "LA") else "RGB")))
+
+
+def resolve_quality(loaded: LoadedImage, quality: int | None, restorer: Restorer) -> tuple[int | None, str | None]:
+    """The quality factor to restore ``loaded`` with, and a note for the user on where it came
+    from (None when there is nothing to say): ``quality`` if given, else the JPEG file's, else
+    the one its pixels show (:func:`pixel_quality`), else None (unknown). Models without
+    quality conditioning need none."""
+    if quality is not None or loaded.quality is not None:
+        return (quality if quality is not None else loaded.quality), None
+    if not restorer.model.config.quality_conditioning:
+        return None, None
+    estimated = pixel_quality(loaded.image)
+    return estimated, (UNKNOWN_QUALITY if estimated is None else ESTIMATED_QUALITY.format(estimated))
 
 
 def restore_pil(image: Image.Image, restorer: Restorer, quality: int | None = None, strength: float = 1.0) -> Image.Image:
@@ -104,13 +128,12 @@ def restore_loaded(
     loaded: LoadedImage, restorer: Restorer, quality: int | None = None, project_jpeg: bool = True, strength: float = 1.0
 ) -> tuple[Image.Image, list[str]]:
     """An image read by :func:`d2lnet.images.read_image`, restored as ``d2lnet restore`` does:
-    with ``quality`` or else the file's, applied at ``strength`` (:func:`d2lnet.engine.blend`), then
-    projected onto its JPEG file (``project_jpeg``). Returns the restored image and notes for the
-    user (what could not be done, and why)."""
-    notes = []
-    if quality is None and loaded.quality is None and restorer.model.config.quality_conditioning:
-        notes.append(UNKNOWN_QUALITY)
-    restored = restore_pil(loaded.image, restorer, quality if quality is not None else loaded.quality, strength)
+    with the quality of :func:`resolve_quality`, applied at ``strength`` (:func:`d2lnet.engine.blend`),
+    then projected onto its JPEG file (``project_jpeg``). Returns the restored image and notes for
+    the user (where the quality came from, what could not be done, and why)."""
+    quality, note = resolve_quality(loaded, quality, restorer)
+    notes = [note] if note else []
+    restored = restore_pil(loaded.image, restorer, quality, strength)
     converted = bool(loaded.notes)  # e.g. from CMYK: these pixels are not the file's components
     if project_jpeg and loaded.is_jpeg and loaded.path is not None and not converted:
         projected = project_onto_jpeg(restored, loaded.path, loaded.orientation)
@@ -156,8 +179,7 @@ def restore_image(
             a :class:`D2LNet`, or a :class:`Restorer` (its device, tiling and precision apply).
         quality: the JPEG quality factor the image was compressed with (1 to 100). None: read
             from the file for a PIL image opened from a JPEG file (``Image.open("photo.jpg")``),
-            else unknown (an array no longer knows it: :func:`d2lnet.jpeg.estimate_quality`
-            reads it from the file's bytes).
+            else the one the pixels show (:func:`pixel_quality`), else unknown.
         device: where a model given by name runs (default: CUDA if available, else the CPU) or
             a D2LNet runs (default: where it is). Whole images, or tiles where memory is short.
         project_jpeg: for a PIL image opened from a JPEG file, project the restoration onto that
@@ -176,6 +198,8 @@ def restore_image(
         if image.mode not in SUPPORTED_MODES:
             image = to_supported(image).image
         restorer = _as_restorer(model, image.mode in ("L", "LA"), device)
+        if quality is None and restorer.model.config.quality_conditioning:
+            quality = pixel_quality(image)
         restored = restore_pil(image, restorer, quality, strength)
         projected = project_onto_jpeg(restored, source) if project_jpeg and source else None
         return projected if projected is not None else restored
@@ -187,4 +211,6 @@ def restore_image(
         raise ValueError(f"expected an array of shape (H, W) or (H, W, C) with C in 1..4, got {image.shape}")
     pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     restorer = _as_restorer(model, pil.mode in ("L", "LA"), device)
+    if quality is None and restorer.model.config.quality_conditioning:
+        quality = pixel_quality(pil)
     return np.array(restore_pil(pil, restorer, quality, strength)).reshape(image.shape)

@@ -1,8 +1,8 @@
 """``d2lnet serve``: a local web page that restores one image at a time (Gradio).
 
 The page takes an image file, shows the JPEG quality factor read from the file's
-quantization tables (:func:`d2lnet.jpeg.estimate_quality`; "unknown" for a PNG and other
-formats), restores it exactly as ``d2lnet restore`` does (the bundled colour or grey model by
+quantization tables (:func:`d2lnet.jpeg.estimate_quality`; for a PNG and other formats, the
+one its pixels show, else "unknown": :func:`d2lnet.restore.resolve_quality`), restores it exactly as ``d2lnet restore`` does (the bundled colour or grey model by
 the image's mode, then the projection onto the JPEG's coefficients:
 :func:`d2lnet.restore.restore_loaded`), shows before and after in a slider,
 and offers the restored PNG for download.
@@ -45,7 +45,7 @@ from d2lnet.engine import Restorer, TileSpec, parse_tile
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.images import ImageError, LoadedImage, read_image
 from d2lnet.pretrained import load_model
-from d2lnet.restore import UNKNOWN_QUALITY, default_model, restore_loaded
+from d2lnet.restore import default_model, resolve_quality, restore_loaded
 
 INSTALL_HINT = 'pip install "d2lnet[serve]"'
 DOWNLOAD_SUFFIX = "_restored.png"
@@ -71,6 +71,7 @@ class Restored:
     """One request's result: what the page shows and the PNG it offers."""
 
     quality: int | None
+    quality_note: str | None  # where the quality came from, when not from a JPEG file
     model: str
     width: int
     height: int
@@ -80,9 +81,11 @@ class Restored:
     restored_png: bytes
 
 
-def describe_quality(quality: int | None) -> str:
-    """The detected quality as the page shows it."""
-    return str(quality) if quality is not None else "unknown (not a JPEG file)"
+def describe_quality(quality: int | None, from_file: bool = True) -> str:
+    """The detected quality as the page shows it: read from a JPEG file, or estimated from the pixels."""
+    if quality is None:
+        return "unknown (not a JPEG file, and its pixels show no JPEG quantization)"
+    return str(quality) if from_file else f"{quality} (estimated from its pixels: not a JPEG file)"
 
 
 class PageWorker:
@@ -152,17 +155,19 @@ class PageWorker:
         image = loaded.image
         gray = image.mode in ("L", "LA")
         start = time.perf_counter()
-        restored, notes = restore_loaded(loaded, self.restorer(gray))
+        restorer = self.restorer(gray)
+        quality, quality_note = resolve_quality(loaded, None, restorer)
+        restored, notes = restore_loaded(loaded, restorer, quality)
         seconds = time.perf_counter() - start
         metadata = {k: v for k, v in (("icc_profile", loaded.icc_profile), ("exif", loaded.exif)) if v}
         return Restored(
-            quality=loaded.quality,
+            quality=quality,
+            quality_note=quality_note,
             model=self.model_name(gray),
             width=image.width,
             height=image.height,
             seconds=seconds,
-            # The page shows the quality itself, and has no --quality to suggest.
-            notes=[*loaded.notes, *(note for note in notes if note != UNKNOWN_QUALITY)],
+            notes=[*loaded.notes, *notes],  # the page shows where the quality came from itself
             before_png=_png(image, metadata, compress_level=1),  # shown only: fast beats small
             restored_png=_png(restored, metadata),
         )
@@ -233,7 +238,7 @@ def build_page(worker: PageWorker, upload_root: str | Path):
             raise gr.Error(str(error), print_exception=False) from None
         gray = loaded.image.mode in ("L", "LA")
         kind = f"{loaded.image.width}x{loaded.image.height}, {'grey' if gray else 'colour'}"
-        quality = describe_quality(loaded.quality)
+        quality = describe_quality(loaded.quality) if loaded.quality is not None else "(not a JPEG file: reading its pixels)"
         yield quality, f"{kind}: restoring with {worker.model_name(gray)} ...", *no_result
         try:
             result = worker.restore(loaded)  # reads the upload again: the JPEG's coefficients
@@ -247,7 +252,7 @@ def build_page(worker: PageWorker, upload_root: str | Path):
         slider = [_image_value(result.before_png, path.stem + ".png"), restored]
         download = {"__type__": "update", "value": restored, "interactive": True}
         details = "; ".join([f"{kind}: restored with {result.model} in {result.seconds:.1f} s", *result.notes])
-        yield quality, details, slider, download
+        yield describe_quality(result.quality, from_file=result.quality_note is None), details, slider, download
 
     blocks = gr.Blocks(title="d2lnet: remove JPEG artifacts", analytics_enabled=False,
                        delete_cache=(SWEEP_EVERY, ORPHAN_UPLOAD_AGE))  # fmt: skip

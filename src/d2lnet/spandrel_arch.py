@@ -10,7 +10,7 @@ This module gives it D2LNet; spandrel itself is imported only by :func:`register
 
     register()  # adds D2LNet to spandrel.MAIN_REGISTRY
     model = spandrel.ModelLoader().load_from_file("d2lnet-s-color.safetensors")
-    restored = model(image)  # (1, 3, H, W) in [0, 1], restored as of unknown JPEG quality
+    restored = model(image)  # (1, 3, H, W) in [0, 1]
 
 What shapes tell (:func:`infer_config`): ``in_channels`` and ``width`` (the first convolution),
 ``depth`` (the number of correction blocks per module), ``quality_conditioning`` (the quality
@@ -21,9 +21,11 @@ only; without the header they take D2LNetConfig's defaults, which every model th
 ships and trains by default uses. A model trained otherwise (``d2lnet-released``, say) loads
 through :func:`d2lnet.load_model` correctly, and through spandrel wrongly.
 
-Hosts give no quality factor, so the call passes an unknown one: the blind models then use
-the embedding they learned for images of unknown quality (``benchmarks/unknown_quality.py``
-measures what that costs against the quality read from the file).
+Hosts give no quality factor, only pixels, so the call passes the quality each image's pixels
+show (:func:`d2lnet.jpeg.estimate_quality_from_pixels`: a JPEG's pixels, uncropped and
+unscaled, keep its quantization), else an unknown one: the blind models then use the
+embedding they learned for images of unknown quality (``benchmarks/unknown_quality.py``
+measures both against the quality read from the file).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any
 
 import torch
 
+from d2lnet.images import to_image
+from d2lnet.jpeg import estimate_quality_from_pixels
 from d2lnet.model import D2LNet, D2LNetConfig
 
 ARCH_ID = "D2LNet"
@@ -88,10 +92,19 @@ def infer_config(state_dict: Mapping[str, Any], metadata: Mapping[str, str] | No
     return config
 
 
-def restore_unknown_quality(model: D2LNet, image: torch.Tensor) -> torch.Tensor:
-    """spandrel's call function: X_out2 for ``image`` (B, C, H, W) in [0, 1], of unknown JPEG quality,
-    in the image's dtype (the network runs in fp16 and bf16 as it is; its FFTs in fp32)."""
-    return model(image, None).out2.to(image.dtype)
+def pixel_qualities(image: torch.Tensor) -> torch.Tensor:
+    """The JPEG quality each image of ``image`` (B, C, H, W) in [0, 1] shows in its 8-bit pixels,
+    NaN where it shows none (:func:`d2lnet.jpeg.estimate_quality_from_pixels`): (B,) float32."""
+    found = [estimate_quality_from_pixels(to_image(one)) for one in image]
+    return torch.tensor([float("nan") if q is None else float(q) for q in found])
+
+
+def restore_pixels_only(model: D2LNet, image: torch.Tensor) -> torch.Tensor:
+    """spandrel's call function: X_out2 for ``image`` (B, C, H, W) in [0, 1], told the quality its
+    pixels show (:func:`pixel_qualities`), in the image's dtype (the network runs in fp16 and bf16
+    as it is; its FFTs in fp32)."""
+    quality = pixel_qualities(image) if model.config.quality_conditioning else None
+    return model(image, quality).out2.to(image.dtype)
 
 
 def _tags(config: D2LNetConfig) -> list[str]:
@@ -125,7 +138,7 @@ def arch_support() -> Any:
                 # The U-Net halves the image depth - 1 times; spandrel pads other sizes (by reflection).
                 size_requirements=spandrel.SizeRequirements(minimum=config.stride, multiple_of=config.stride),
                 tiling=spandrel.ModelTiling.SUPPORTED,
-                call_fn=restore_unknown_quality,
+                call_fn=restore_pixels_only,
             )
 
     return spandrel.ArchSupport.from_architecture(D2LNetArch())
