@@ -311,3 +311,16 @@ def test_models_table_shows_the_totals_of_a_model_trained_in_several_runs() -> N
     runs = [{"steps": 10000}, {"steps": 1300}]
     two_runs = {**one_run, "cumulative": {"steps": 11300, "images_seen": 45200, "cpu_hours": 4.88, "runs": runs}}
     assert _budget(two_runs) == "11300 steps in 2 runs, 45200 crops, 4.9 CPU h"
+
+
+def test_models_table_shows_a_held_out_comparison_as_its_mean_over_qualities() -> None:
+    from d2lnet.cards import _validation, _validation_qualities
+
+    jpeg, whole = {"q10": 24.0, "q50": 30.0}, {"q10": 25.5, "q50": 31.0}
+    nested = {"validation": {"jpeg": jpeg, "this_release": {"whole": whole, "tiles_96": {"q10": 9.0, "q50": 9.0}}}}
+    assert _validation(nested) == "28.25 dB (JPEG 27.00), held-out, whole"
+    assert _validation({"validation": {"jpeg": jpeg, "whole": whole}}) == "28.25 dB (JPEG 27.00), held-out, whole"
+    assert _validation_qualities(nested) == [10, 50]
+    assert _validation({"validation": {"psnr": 30.0, "psnr_jpeg": 29.0}, "validation_set": "x/LIVE1_gray"}) == (
+        "30.00 dB (JPEG 29.00), LIVE1_gray"
+    )

@@ -128,9 +128,21 @@ def _budget(training: dict[str, Any]) -> str:
     return ", ".join(t for t in (text, f"{training['minutes']:.0f} min" if "minutes" in training else "") if t) or "-"
 
 
+def _held_out(validation: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """Whole-image PSNR by QF (``q10``, ...) and the JPEG's, when the validation is a comparison on
+    held-out training images (``benchmarks/size_robustness.py``); None otherwise."""
+    whole, jpeg = validation.get("this_release", validation).get("whole"), validation.get("jpeg")
+    return (whole, jpeg) if isinstance(whole, dict) and isinstance(jpeg, dict) and whole.keys() == jpeg.keys() else None
+
+
 def _validation(scores: dict[str, Any]) -> str:
-    """``31.20 dB (JPEG 29.80), LIVE1_color``: the validation PSNR beside the JPEG input's."""
+    """``31.20 dB (JPEG 29.80), LIVE1_color``: the validation PSNR beside the JPEG input's; for a
+    held-out comparison, the mean over its quality factors of whole images."""
     validation = scores.get("validation", {})
+    held_out = _held_out(validation)
+    if held_out:
+        whole, jpeg = held_out
+        return f"{sum(whole.values()) / len(whole):.2f} dB (JPEG {sum(jpeg.values()) / len(jpeg):.2f}), held-out, whole"
     if "psnr" not in validation:
         return "-"
     text = f"{validation['psnr']:.2f} dB" + (f" (JPEG {validation['psnr_jpeg']:.2f})" if "psnr_jpeg" in validation else "")
@@ -139,7 +151,9 @@ def _validation(scores: dict[str, Any]) -> str:
 
 def _validation_qualities(scores: dict[str, Any]) -> list[int]:
     """The quality factors the validation scores are a mean over (its ``q10``, ``q50``, ... entries)."""
-    return sorted(int(key[1:]) for key in scores.get("validation", {}) if key[:1] == "q" and key[1:].isdigit())
+    validation = scores.get("validation", {})
+    keys = _held_out(validation)[1] if _held_out(validation) else validation
+    return sorted(int(key[1:]) for key in keys if key[:1] == "q" and key[1:].isdigit())
 
 
 def table(listings: list[Listing]) -> str:
