@@ -1,5 +1,7 @@
 """What hosts that give pixels only (spandrel, ONNX with quality 0) lose: the bundled blind model told the
-JPEG quality factor against the same model told nothing (its learned unknown-quality embedding).
+JPEG quality factor, told the quality its pixels show (d2lnet.jpeg.estimate_quality_from_pixels: what
+`d2lnet restore` does for a PNG and the spandrel call does), and told nothing (its learned
+unknown-quality embedding).
 
     python benchmarks/unknown_quality.py      # 256x256 centre crops of the first 8 LIVE1 colour images, QF 10 30 50 70 90
 
@@ -8,8 +10,9 @@ d2lnet's evaluation protocol (:func:`d2lnet.evaluation.protocol.evaluate_set`: P
 each QF, PSNR / SSIM / PSNR-B on uint8 RGB; centre crops, on the JPEG grid, keep it to a few
 minutes of one CPU thread) with the engine's defaults (``tile="auto"``: the
 model card's tile, 96 with a 32-pixel overlap; ``precision="auto"``), on one CPU thread. The
-two columns differ only in the quality handed to the model: the one each image was compressed
-at (what ``d2lnet restore`` reads from a JPEG file), or None (unknown).
+model columns differ only in the quality handed to the model: the one each image was compressed
+at (what ``d2lnet restore`` reads from a JPEG file), the one estimated from the decoded pixels,
+or None (unknown).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,10 +33,11 @@ from common import cpu_isa, cpu_name
 from d2lnet.evaluation.methods import JPEG_METHOD, Method, load_method
 from d2lnet.evaluation.protocol import evaluate_set, mean_scores
 from d2lnet.evaluation.testsets import image_set
+from d2lnet.jpeg import estimate_quality_from_pixels
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "test" / "LIVE1_color"
-KNOWN, UNKNOWN = "known QF", "unknown QF"
+KNOWN, PIXELS, UNKNOWN = "known QF", "QF from pixels", "unknown QF"
 
 
 @dataclass
@@ -42,6 +46,18 @@ class UnknownQuality(Method):
 
     def restore(self, image: np.ndarray, quality: int) -> np.ndarray:
         return self.restorer.restore(image, None)
+
+
+@dataclass
+class PixelQuality(Method):
+    """A model column told the quality the decoded pixels show; counts the estimates that are right."""
+
+    right: dict[int, int] = field(default_factory=dict)
+
+    def restore(self, image: np.ndarray, quality: int) -> np.ndarray:
+        estimate = estimate_quality_from_pixels(image)
+        self.right[quality] = self.right.get(quality, 0) + (estimate == quality)
+        return self.restorer.restore(image, estimate)
 
 
 def main() -> None:
@@ -61,14 +77,19 @@ def main() -> None:
     known = load_method(args.model, torch.device("cpu"), tile="auto")
     known.name = KNOWN
     unknown = UnknownQuality(UNKNOWN, known.model, known.device, known.tile, known.precision, source=args.model)
+    pixels = PixelQuality(PIXELS, known.model, known.device, known.tile, known.precision, source=args.model)
     baseline = load_method("jpeg", torch.device("cpu"), tile="auto")
     load_before, start = os.getloadavg(), time.perf_counter()
-    means = mean_scores(evaluate_set(images, [baseline, known, unknown], args.quality))
+    means = mean_scores(evaluate_set(images, [baseline, known, pixels, unknown], args.quality))
     seconds = time.perf_counter() - start
 
     by_key = {(m.quality, m.method): m for m in means}
     rows = [
-        {"quality": q, **{name: [round(v, 4) for v in by_key[q, name].scores] for name in (JPEG_METHOD, KNOWN, UNKNOWN)}}
+        {
+            "quality": q,
+            **{name: [round(v, 4) for v in by_key[q, name].scores] for name in (JPEG_METHOD, KNOWN, PIXELS, UNKNOWN)},
+            "pixel_estimates_right": pixels.right.get(q, 0),
+        }
         for q in args.quality
     ]
     report = {
@@ -113,14 +134,21 @@ def markdown(report: dict) -> str:
         + f"; tiles of {s['tile']} overlapping by "
         f"{s['overlap']} (the engine's default for this model), precision {s['precision']}; {s['seconds']:g} s.",
         "Mean PSNR (dB) / SSIM / PSNR-B (dB). 'known QF': the model is told the quality each image was compressed "
-        "at; 'unknown QF': it is told nothing, as spandrel hosts and ONNX callers with quality 0 do.",
+        "at; 'QF from pixels': the quality the decoded pixels show (`estimate_quality_from_pixels`, as `d2lnet restore` "
+        "does for a PNG and the spandrel call does; 'right': how many images it found exactly); 'unknown QF': it is "
+        "told nothing, as ONNX callers with quality 0 do.",
         "",
-        "| QF | JPEG | known QF | unknown QF | unknown - known, PSNR |",
-        "| ---: | --- | --- | --- | ---: |",
+        "| QF | JPEG | known QF | QF from pixels | right | unknown QF | from pixels - known, PSNR | unknown - known, PSNR |",
+        "| ---: | --- | --- | --- | ---: | --- | ---: | ---: |",
     ]
+    n = len(s["images"])
     for row in report["results"]:
-        cells = [" / ".join((f"{a:.2f}", f"{b:.4f}", f"{c:.2f}")) for a, b, c in (row[k] for k in (JPEG_METHOD, KNOWN, UNKNOWN))]
-        lines.append(f"| {row['quality']} | {' | '.join(cells)} | {row[UNKNOWN][0] - row[KNOWN][0]:+.3f} |")
+        columns = (JPEG_METHOD, KNOWN, PIXELS, UNKNOWN)
+        jpeg, known, pixels, unknown = (" / ".join((f"{a:.2f}", f"{b:.4f}", f"{c:.2f}")) for a, b, c in (row[k] for k in columns))
+        lines.append(
+            f"| {row['quality']} | {jpeg} | {known} | {pixels} | {row['pixel_estimates_right']}/{n} | {unknown} "
+            f"| {row[PIXELS][0] - row[KNOWN][0]:+.3f} | {row[UNKNOWN][0] - row[KNOWN][0]:+.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
