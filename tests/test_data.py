@@ -146,3 +146,26 @@ def test_mixed_crop_sizes_are_drawn_per_batch(tmp_path):
     assert set(sizes) == {16, 32, 48}
     with pytest.raises(ValueError):
         JPEGTrainSet([tmp_path], crop=[16, 20], quality=QualitySampler(choices=(50,)))
+
+
+def test_training_images_that_are_decoded_jpegs_are_kept_downscaled_or_dropped(tmp_path, capsys):
+    _write_images(tmp_path, count=1, size=(64, 64))  # img0.png: never compressed
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:96, 0:128]
+    textured = np.clip(np.stack([120 + 60 * np.sin(x / 9 + y / 13)] * 3, axis=-1) + rng.normal(0, 12, (96, 128, 3)), 8, 247)
+    decoded = decompress(compress(textured.astype(np.uint8), 80))
+    Image.fromarray(decoded).save(tmp_path / "was_a_jpeg.png")
+    sampler = QualitySampler(choices=(50,))
+
+    kept = JPEGTrainSet([tmp_path], crop=32, quality=sampler, jpeg_sources="keep")
+    assert [p.name for p in kept.files] == ["img0.png", "was_a_jpeg.png"] and kept.images[1].shape == (96, 128, 3)
+    dropped = JPEGTrainSet([tmp_path], crop=32, quality=sampler, jpeg_sources="drop")
+    assert [p.name for p in dropped.files] == ["img0.png"]
+    assert "1 of 2 training images are decoded JPEGs: left out" in capsys.readouterr().err
+    for cache in (True, False):
+        halved = JPEGTrainSet([tmp_path], crop=32, quality=sampler, jpeg_sources="downscale", augment=False, cache=cache)
+        assert [p.name for p in halved.files] == ["img0.png", "was_a_jpeg.png"]
+        expected = np.asarray(Image.fromarray(decoded).resize((64, 48), Image.Resampling.BICUBIC))
+        np.testing.assert_array_equal(halved._image(1), expected)
+    with pytest.raises(ValueError, match="jpeg_sources"):
+        JPEGTrainSet([tmp_path], crop=32, quality=sampler, jpeg_sources="shrink")

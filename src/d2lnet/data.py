@@ -24,6 +24,14 @@ from torch.utils.data import Dataset, Sampler
 from d2lnet import jpeg
 from d2lnet.images import ImageError, find_images_in, read_array, to_mode, to_tensor
 
+JPEG_SOURCES = ("keep", "downscale", "drop")
+
+
+def downscale_2x(image: np.ndarray) -> np.ndarray:
+    """``image`` at half its size (Pillow's antialiased bicubic)."""
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((w // 2, h // 2), Image.Resampling.BICUBIC))
+
 
 def split_holdout(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[Path]]:
     """Split ``files`` into (training, held out): about ``fraction`` of them, chosen by a hash of the name.
@@ -87,6 +95,10 @@ class JPEGTrainSet(Dataset):
         cache: keep decoded images in memory (about 3 bytes per pixel).
         holdout: leave out this fraction of the images (:func:`split_holdout`), for validation.
         batch_size: indices per batch, which share one crop size.
+        jpeg_sources: what to do with images that are themselves decoded JPEGs (their pixels show
+            a quality, :func:`d2lnet.jpeg.estimate_quality_from_pixels`): ``"keep"`` them as
+            targets, ``"downscale"`` them 2x first (which hides their 8x8 grid and most of its
+            artifacts, as the datasets' own 2x versions do), or ``"drop"`` them.
     """
 
     def __init__(
@@ -101,22 +113,33 @@ class JPEGTrainSet(Dataset):
         cache: bool = True,
         holdout: float = 0.0,
         batch_size: int = 1,
+        jpeg_sources: str = "keep",
     ) -> None:
+        if jpeg_sources not in JPEG_SOURCES:
+            raise ValueError(f"jpeg_sources must be one of {', '.join(JPEG_SOURCES)}, got {jpeg_sources!r}")
         self.crops = (crop,) if isinstance(crop, int) else tuple(crop)
         if not self.crops or any(c <= 0 or c % 8 for c in self.crops):
             raise ValueError(f"crop sizes must be positive multiples of 8 (the JPEG block), got {crop}")
         self.quality, self.gray, self.batch_size = quality, gray, batch_size
         self.rescale, self.augment, self.seed = rescale, augment, seed
         self.files: list[Path] = []
+        self.halved: list[bool] = []  # per file: downscaled 2x (a decoded JPEG, jpeg_sources="downscale")
         self.images: list[np.ndarray] | None = [] if cache else None
         crop = max(self.crops)
         found = split_holdout(find_images_in(folders), holdout)[0]
+        decoded_jpegs = 0
         for path in found:
             try:
                 image = read_array(path)
             except ImageError as error:  # report the file, keep going
                 print(f"warning: skipping unreadable training image {path}: {error}", file=sys.stderr)
                 continue
+            halve = False
+            if jpeg_sources != "keep" and jpeg.estimate_quality_from_pixels(image) is not None:
+                decoded_jpegs += 1
+                if jpeg_sources == "drop":
+                    continue
+                image, halve = downscale_2x(image), True
             if min(image.shape[:2]) < crop:
                 print(
                     f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the {crop}px crop",
@@ -124,8 +147,12 @@ class JPEGTrainSet(Dataset):
                 )
                 continue
             self.files.append(path)
+            self.halved.append(halve)
             if self.images is not None:
                 self.images.append(to_mode(image, gray))
+        if jpeg_sources != "keep":
+            done = "left out" if jpeg_sources == "drop" else "downscaled 2x"
+            print(f"{decoded_jpegs} of {len(found)} training images are decoded JPEGs: {done}", file=sys.stderr)
         if not self.files:
             where = ", ".join(map(str, folders))
             reason = "no image files" if not found else f"none of its {len(found)} image files is readable and at least {crop}px"
@@ -142,7 +169,10 @@ class JPEGTrainSet(Dataset):
         return int(self.crops[np.random.default_rng([self.seed, batch, 2]).integers(len(self.crops))])
 
     def _image(self, i: int) -> np.ndarray:
-        return self.images[i] if self.images is not None else to_mode(read_array(self.files[i]), self.gray)
+        if self.images is not None:
+            return self.images[i]
+        image = read_array(self.files[i])
+        return to_mode(downscale_2x(image) if self.halved[i] else image, self.gray)
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The uint8 ``(clean crop, JPEG crop, quality)`` of global sample ``index``."""

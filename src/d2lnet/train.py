@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from d2lnet.checkpoint import Checkpoint, rng_states, set_rng_states
-from d2lnet.data import JPEGTrainSet, QualitySampler, StepSampler, split_holdout
+from d2lnet.data import JPEG_SOURCES, JPEGTrainSet, QualitySampler, StepSampler, split_holdout
 from d2lnet.device import Launch, Precision, autocast, join_process_group, launch, resolve_device, resolve_precision
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.evaluation.methods import JPEG_METHOD, Method
@@ -88,6 +88,7 @@ class DataSection:
     quality_range: list[int] = field(default_factory=list)  # [low, high]: blind training
     quality_choice_prob: float = 0.0  # with both: chance of drawing from `quality`
     rescale: list[float] = field(default_factory=list)  # [low, high] random scale, or none
+    jpeg_sources: str = "keep"  # images that are decoded JPEGs: keep, downscale (2x) or drop them
     augment: bool = True
     cache: bool = True
     workers: int = 0
@@ -182,6 +183,8 @@ class TrainConfig:
             raise ValueError(f"data.crop must be positive multiples of 8, got {self.data.crop}")
         if len(self.data.quality_range) not in (0, 2) or len(self.data.rescale) not in (0, 2):
             raise ValueError("data.quality_range and data.rescale take two numbers [low, high]")
+        if self.data.jpeg_sources not in JPEG_SOURCES:
+            raise ValueError(f"data.jpeg_sources is one of {', '.join(JPEG_SOURCES)}, got {self.data.jpeg_sources!r}")
         if not 0 <= self.data.holdout < 1:
             raise ValueError(f"data.holdout is a fraction in [0, 1), got {self.data.holdout}")
         self.quality_sampler()  # checks the quality factors
@@ -393,7 +396,7 @@ def training_data(config: TrainConfig, process: Launch, start_step: int, pin_mem
         dataset = JPEGTrainSet(
             config.data.train, config.crops, config.quality_sampler(), config.data.gray,
             tuple(config.data.rescale) or None, config.data.augment, config.run.seed, config.data.cache,
-            config.data.holdout, config.optim.batch_size,
+            config.data.holdout, config.optim.batch_size, config.data.jpeg_sources,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"data.train: {error}") from None
