@@ -1,16 +1,24 @@
 """The training data pipeline: quality, crops and flips, reproducibility, bad files."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 from torch.utils.data import DataLoader
 
-from d2lnet.data import JPEGTrainSet, QualitySampler, StepSampler, split_holdout
+from d2lnet.data import Degradations, JPEGTrainSet, QualitySampler, StepSampler, split_holdout
 from d2lnet.images import find_images_in
-from d2lnet.jpeg import compress, decompress, estimate_quality
+from d2lnet.jpeg import (
+    compress,
+    decompress,
+    estimate_quality,
+    estimate_quality_from_pixels,
+    ijg_table,
+    quantization_tables,
+)
 from d2lnet.metrics import rgb_to_y
 
 
@@ -169,3 +177,55 @@ def test_training_images_that_are_decoded_jpegs_are_kept_downscaled_or_dropped(t
         np.testing.assert_array_equal(halved._image(1), expected)
     with pytest.raises(ValueError, match="jpeg_sources"):
         JPEGTrainSet([tmp_path], crop=32, quality=sampler, jpeg_sources="shrink")
+
+
+def _textured(h: int, w: int, seed: int, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([120 + 60 * np.sin(x / (7 + c) + y / 11) for c in range(channels)], axis=-1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 8, 247).astype(np.uint8).squeeze()
+
+
+def test_degradations_subsampling_and_tables_are_in_the_files():
+    patch = _textured(64, 64, 0)
+    samplings = set()
+    for seed in range(12):
+        with Image.open(io.BytesIO(Degradations(subsampling=1).encode(patch, 50, np.random.default_rng(seed)))) as im:
+            samplings.add(JpegImagePlugin.get_sampling(im))
+    assert samplings == {0, 1}  # 4:4:4 and 4:2:2, never the protocol's 4:2:0
+    for seed in range(5):
+        data = Degradations(tables=1, table_jitter=(0.75, 1.33)).encode(patch, 50, np.random.default_rng(seed))
+        tables = quantization_tables(data)
+        for table, chroma in ((tables[0], False), (tables[1], True)):
+            standard = ijg_table(50, chroma)
+            assert not np.array_equal(table, standard)
+            assert (table >= np.floor(standard * 0.75)).all() and (table <= np.ceil(standard * 1.33)).all()
+
+
+def test_double_compression_is_first_on_a_shifted_grid():
+    """First at quality 5 on a shifted grid, then at 100: the pixels show quality 5 on the grid of
+    some offset (dy, dx) != (0, 0), found by estimating the quality at each of the 64 offsets."""
+    patch = _textured(96, 96, 1, channels=1)
+    degradations = Degradations(double=1, first_quality=(5, 5))
+    for seed in range(3):
+        decoded = decompress(degradations.encode(patch, 100, np.random.default_rng(seed)))
+        found = {(dy, dx): estimate_quality_from_pixels(decoded[dy:, dx:]) for dy in range(8) for dx in range(8)}
+        shifted = [offset for offset, quality in found.items() if quality == 5]
+        assert len(shifted) == 1 and shifted[0] != (0, 0), found
+
+
+def test_samples_with_degradations_are_told_the_quality_of_their_file(tmp_path):
+    _write_images(tmp_path, count=2, size=(64, 64))
+    plain = JPEGTrainSet([tmp_path], crop=32, quality=QualitySampler(low=20, high=90), seed=4)
+    varied = JPEGTrainSet(
+        [tmp_path], crop=32, quality=QualitySampler(low=20, high=90), seed=4, degradations=Degradations(double=1)
+    )
+    for index in range(4):
+        (clean, single, qf), (clean2, double, told) = plain.sample(index), varied.sample(index)
+        np.testing.assert_array_equal(clean, clean2)  # the same crop and quality draw
+        assert told == qf and not np.array_equal(single, double)  # IJG tables: read back exactly
+    with_tables = JPEGTrainSet([tmp_path], crop=32, quality=QualitySampler(choices=(50,)), degradations=Degradations(tables=1))
+    told = {with_tables.sample(index)[2] for index in range(8)}
+    assert told and all(35 <= q <= 65 for q in told)  # the nearest IJG quality of jittered tables
+    with pytest.raises(ValueError, match="share"):
+        Degradations(double=1.5)

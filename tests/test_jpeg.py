@@ -129,3 +129,18 @@ def test_quality_from_pixels_is_none_without_a_jpeg_grid(textured):
 
 def test_quality_from_pixels_of_a_jpeg_resaved_coarser_is_the_coarser_quality(textured):
     assert jpeg.estimate_quality_from_pixels(jpeg.roundtrip(jpeg.roundtrip(textured, 90), 20)) == 20
+
+
+def test_compress_takes_other_subsampling_and_tables(photo):
+    for subsampling in (0, 1, 2):
+        with Image.open(io.BytesIO(jpeg.compress(photo, 50, subsampling=subsampling))) as im:
+            assert JpegImagePlugin.get_sampling(im) == subsampling
+    luma = np.arange(1, 65)
+    chroma = np.full(64, 40)
+    tables = jpeg.quantization_tables(jpeg.compress(photo, 50, tables=(luma, chroma)))
+    np.testing.assert_array_equal(tables[0], luma)
+    np.testing.assert_array_equal(tables[1], chroma)
+    grey_tables = jpeg.quantization_tables(jpeg.compress(photo, 50, gray=True, tables=(luma, chroma)))
+    assert list(grey_tables) == [0] and (grey_tables[0] == luma).all()
+    with pytest.raises(ValueError, match="subsampling"):
+        jpeg.compress(photo, 50, subsampling=3)

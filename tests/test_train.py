@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from d2lnet.checkpoint import Checkpoint
-from d2lnet.data import JPEGTrainSet, QualitySampler
+from d2lnet.data import Degradations, JPEGTrainSet, QualitySampler
 from d2lnet.losses import D2LLoss
 from d2lnet.model import build
 from d2lnet.pretrained import load_model, model_card
@@ -134,6 +134,12 @@ def test_recipe_errors_and_overrides(tmp_path):
         TrainConfig.from_dict({"data": {"quality": [0]}})
     config = TrainConfig.from_dict({"model": {"name": "d2lnet-xs", "width": 12}})
     assert config.model.overrides == {"width": 12}
+    with pytest.raises(ValueError, match="share"):
+        TrainConfig.from_dict({"data": {"double_compression": 2}})
+    with pytest.raises(ValueError, match="jpeg_sources"):
+        TrainConfig.from_dict({"data": {"jpeg_sources": "shrink"}})
+    varied = TrainConfig.from_dict({"data": {"double_compression": 0.1, "other_subsampling": 0.2, "other_tables": 0.3}})
+    assert varied.degradations() == Degradations(double=0.1, subsampling=0.2, tables=0.3)
 
 
 def test_release_is_fp16_with_a_card(image_folder, tmp_path):

@@ -72,6 +72,62 @@ class QualitySampler:
         return int(rng.integers(self.low, self.high + 1))
 
 
+@dataclass(frozen=True)
+class Degradations:
+    """JPEGs as users meet them beyond the protocol's (libjpeg's standard tables, 4:2:0, one
+    compression): each field is the share of training crops that get that variant, drawn
+    independently. The quality the model is told is the one read from the final file
+    (:func:`d2lnet.jpeg.estimate_quality`), as ``d2lnet restore`` reads it: the nearest IJG
+    quality for other tables.
+
+    Fields:
+        double: compressed twice, first at a quality drawn from ``first_quality`` on a grid
+            shifted by 1 to 7 pixels (a JPEG cropped, then saved again).
+        subsampling: colour crops at 4:4:4 or 4:2:2 (half each) instead of 4:2:0.
+        tables: non-standard tables: the IJG tables of the drawn quality with each entry scaled
+            by a factor drawn from ``table_jitter`` (log-uniform).
+    """
+
+    double: float = 0.0
+    subsampling: float = 0.0
+    tables: float = 0.0
+    first_quality: tuple[int, int] = (30, 95)
+    table_jitter: tuple[float, float] = (0.75, 1.33)
+
+    def __post_init__(self) -> None:
+        for name in ("double", "subsampling", "tables"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"degradation share {name} must be in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def any(self) -> bool:
+        return self.double > 0 or self.subsampling > 0 or self.tables > 0
+
+    def encode(self, patch: np.ndarray, quality: int, rng: np.random.Generator) -> bytes:
+        """The final JPEG file of the uint8 crop ``patch`` (grey (H, W) or RGB) at ``quality``."""
+        colour = patch.ndim == 3
+        subsampling = int(rng.integers(2)) if colour and rng.random() < self.subsampling else 2
+        tables = jittered_tables(quality, self.table_jitter, rng) if rng.random() < self.tables else None
+        if rng.random() < self.double:
+            dy, dx = (int(v) for v in rng.integers(0, 8, 2))
+            if dy == dx == 0:
+                dy = 1 + int(rng.integers(7))
+            pad = ((dy, 8 - dy), (dx, 8 - dx)) + ((0, 0),) * (patch.ndim - 2)
+            first = jpeg.roundtrip(np.pad(patch, pad, mode="reflect"), int(rng.integers(*self.first_quality, endpoint=True)))
+            patch = first[dy : dy + patch.shape[0], dx : dx + patch.shape[1]]
+        return jpeg.compress(patch, quality, subsampling=subsampling, tables=tables)
+
+
+def jittered_tables(quality: int, jitter: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Luma and chroma tables unlike any IJG quality's: those of ``quality``, each entry scaled by
+    a log-uniform factor in ``jitter``, rounded and kept within baseline JPEG's 1..255."""
+    low, high = np.log(jitter[0]), np.log(jitter[1])
+    return tuple(
+        np.clip(np.round(jpeg.ijg_table(quality, chroma) * np.exp(rng.uniform(low, high, 64))), 1, 255).astype(int)
+        for chroma in (False, True)
+    )
+
+
 class JPEGTrainSet(Dataset):
     """Random crops of clean images with their JPEG-compressed versions.
 
@@ -99,6 +155,7 @@ class JPEGTrainSet(Dataset):
             a quality, :func:`d2lnet.jpeg.estimate_quality_from_pixels`): ``"keep"`` them as
             targets, ``"downscale"`` them 2x first (which hides their 8x8 grid and most of its
             artifacts, as the datasets' own 2x versions do), or ``"drop"`` them.
+        degradations: JPEG variants beyond the protocol's, and their shares (:class:`Degradations`).
     """
 
     def __init__(
@@ -114,6 +171,7 @@ class JPEGTrainSet(Dataset):
         holdout: float = 0.0,
         batch_size: int = 1,
         jpeg_sources: str = "keep",
+        degradations: Degradations = Degradations(),
     ) -> None:
         if jpeg_sources not in JPEG_SOURCES:
             raise ValueError(f"jpeg_sources must be one of {', '.join(JPEG_SOURCES)}, got {jpeg_sources!r}")
@@ -121,7 +179,7 @@ class JPEGTrainSet(Dataset):
         if not self.crops or any(c <= 0 or c % 8 for c in self.crops):
             raise ValueError(f"crop sizes must be positive multiples of 8 (the JPEG block), got {crop}")
         self.quality, self.gray, self.batch_size = quality, gray, batch_size
-        self.rescale, self.augment, self.seed = rescale, augment, seed
+        self.rescale, self.augment, self.seed, self.degradations = rescale, augment, seed, degradations
         self.files: list[Path] = []
         self.halved: list[bool] = []  # per file: downscaled 2x (a decoded JPEG, jpeg_sources="downscale")
         self.images: list[np.ndarray] | None = [] if cache else None
@@ -175,7 +233,8 @@ class JPEGTrainSet(Dataset):
         return to_mode(downscale_2x(image) if self.halved[i] else image, self.gray)
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """The uint8 ``(clean crop, JPEG crop, quality)`` of global sample ``index``."""
+        """The uint8 ``(clean crop, JPEG crop, quality)`` of global sample ``index``; the quality is
+        the one the model is told (the file's, read back, when there are degradations)."""
         n = len(self.files)
         epoch, position = divmod(index, n)
         order = np.random.default_rng([self.seed, epoch]).permutation(n)
@@ -199,8 +258,11 @@ class JPEGTrainSet(Dataset):
                 patch = patch[:, ::-1]
         patch = np.ascontiguousarray(patch)
         qf = self.quality(rng)
-        degraded = jpeg.roundtrip(patch, qf)
-        return patch, degraded, qf
+        if not self.degradations.any:
+            return patch, jpeg.roundtrip(patch, qf), qf
+        # A generator of its own, so that recipes without degradations keep their samples.
+        encoded = self.degradations.encode(patch, qf, np.random.default_rng([self.seed, index, 3]))
+        return patch, jpeg.decompress(encoded), jpeg.estimate_quality(encoded)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         clean, degraded, qf = self.sample(index)

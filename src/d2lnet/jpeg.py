@@ -54,13 +54,25 @@ def dct_matrix(n: int = BLOCK) -> np.ndarray:
     return d
 
 
-def compress(image: np.ndarray, quality: int, gray: bool = False) -> bytes:
+def compress(
+    image: np.ndarray,
+    quality: int,
+    gray: bool = False,
+    *,
+    subsampling: int = 2,
+    tables: tuple[np.ndarray, ...] | None = None,
+) -> bytes:
     """Encode a uint8 image (H, W) or (H, W, 3) as JPEG bytes at IJG quality ``quality`` (1 to 100).
 
     ``gray=True`` encodes the protocol's grey version (the BT.601 Y channel) of an RGB image.
+    ``subsampling`` (colour only): 2 is 4:2:0 (the protocol's), 1 is 4:2:2, 0 is 4:4:4.
+    ``tables``: quantization tables (luma, chroma; 64 values each in natural order) to use
+    instead of the IJG tables of ``quality``, as other encoders (cameras, editors) do.
     """
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    if subsampling not in (0, 1, 2):
+        raise ValueError(f"subsampling is 0 (4:4:4), 1 (4:2:2) or 2 (4:2:0), got {subsampling}")
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image, got {image.dtype}")
@@ -71,9 +83,13 @@ def compress(image: np.ndarray, quality: int, gray: bool = False) -> bytes:
     if image.ndim == 3 and image.shape[2] != 3:
         raise ValueError(f"expected (H, W) or (H, W, 3), got {image.shape}")
     buffer = io.BytesIO()
-    # subsampling=2 is 4:2:0, Pillow's default for colour; stated so that it never changes under us.
-    options = {"subsampling": 2} if image.ndim == 3 else {}
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), **options)
+    # Subsampling stated even at Pillow's default (4:2:0), so that it never changes under us.
+    options: dict = {"subsampling": subsampling} if image.ndim == 3 else {}
+    if tables is not None:
+        options["qtables"] = [np.asarray(t, dtype=int).reshape(64).tolist() for t in tables[: 2 if image.ndim == 3 else 1]]
+    else:
+        options["quality"] = int(quality)
+    Image.fromarray(image).save(buffer, format="JPEG", **options)
     return buffer.getvalue()
 
 

@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from d2lnet.checkpoint import Checkpoint, rng_states, set_rng_states
-from d2lnet.data import JPEG_SOURCES, JPEGTrainSet, QualitySampler, StepSampler, split_holdout
+from d2lnet.data import JPEG_SOURCES, Degradations, JPEGTrainSet, QualitySampler, StepSampler, split_holdout
 from d2lnet.device import Launch, Precision, autocast, join_process_group, launch, resolve_device, resolve_precision
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.evaluation.methods import JPEG_METHOD, Method
@@ -89,6 +89,10 @@ class DataSection:
     quality_choice_prob: float = 0.0  # with both: chance of drawing from `quality`
     rescale: list[float] = field(default_factory=list)  # [low, high] random scale, or none
     jpeg_sources: str = "keep"  # images that are decoded JPEGs: keep, downscale (2x) or drop them
+    # Shares of crops with JPEG variants beyond the protocol's (d2lnet.data.Degradations).
+    double_compression: float = 0.0  # compressed twice, the first time on a shifted grid
+    other_subsampling: float = 0.0  # colour at 4:4:4 or 4:2:2 instead of 4:2:0
+    other_tables: float = 0.0  # non-IJG quantization tables
     augment: bool = True
     cache: bool = True
     workers: int = 0
@@ -185,6 +189,7 @@ class TrainConfig:
             raise ValueError("data.quality_range and data.rescale take two numbers [low, high]")
         if self.data.jpeg_sources not in JPEG_SOURCES:
             raise ValueError(f"data.jpeg_sources is one of {', '.join(JPEG_SOURCES)}, got {self.data.jpeg_sources!r}")
+        self.degradations()  # checks the shares
         if not 0 <= self.data.holdout < 1:
             raise ValueError(f"data.holdout is a fraction in [0, 1), got {self.data.holdout}")
         self.quality_sampler()  # checks the quality factors
@@ -208,6 +213,10 @@ class TrainConfig:
     def quality_sampler(self) -> QualitySampler:
         low, high = self.data.quality_range or (None, None)
         return QualitySampler(tuple(self.data.quality), low, high, self.data.quality_choice_prob)
+
+    def degradations(self) -> Degradations:
+        data = self.data
+        return Degradations(double=data.double_compression, subsampling=data.other_subsampling, tables=data.other_tables)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -396,7 +405,7 @@ def training_data(config: TrainConfig, process: Launch, start_step: int, pin_mem
         dataset = JPEGTrainSet(
             config.data.train, config.crops, config.quality_sampler(), config.data.gray,
             tuple(config.data.rescale) or None, config.data.augment, config.run.seed, config.data.cache,
-            config.data.holdout, config.optim.batch_size, config.data.jpeg_sources,
+            config.data.holdout, config.optim.batch_size, config.data.jpeg_sources, config.degradations(),
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"data.train: {error}") from None
