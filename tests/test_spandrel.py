@@ -113,7 +113,7 @@ def test_call_passes_the_quality_the_pixels_show_else_an_unknown_one() -> None:
     rng = np.random.default_rng(2)
     y, x = np.mgrid[0:64, 0:64]
     smooth = np.stack([120 + 60 * np.sin(x / 7 + y / 9)] * 3, axis=-1) + rng.normal(0, 12, (64, 64, 3))
-    decoded = torch.from_numpy(roundtrip(np.clip(smooth, 8, 247).astype(np.uint8), 30)).permute(2, 0, 1)[None] / 255
+    decoded = torch.from_numpy(np.array(roundtrip(np.clip(smooth, 8, 247).astype(np.uint8), 30))).permute(2, 0, 1)[None] / 255
     with torch.no_grad():
         got = restore_pixels_only(model, noise)
         assert torch.equal(got, model(noise, None).out2)
