@@ -54,7 +54,7 @@ from d2lnet.device import Launch, Precision, autocast, join_process_group, launc
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.evaluation.methods import JPEG_METHOD, Method
 from d2lnet.evaluation.protocol import ImageScore, evaluate_set
-from d2lnet.evaluation.testsets import ImageSet
+from d2lnet.evaluation.testsets import DATA_ENV, ImageSet
 from d2lnet.images import find_images_in
 from d2lnet.losses import D2LLoss, LossTerms
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig, build
@@ -66,7 +66,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DATA_ENV = "D2LNET_DATA"
 
 # --------------------------------------------------------------------------- the recipe
 
