@@ -152,7 +152,8 @@ def _validation(scores: dict[str, Any]) -> str:
 def _validation_qualities(scores: dict[str, Any]) -> list[int]:
     """The quality factors the validation scores are a mean over (its ``q10``, ``q50``, ... entries)."""
     validation = scores.get("validation", {})
-    keys = _held_out(validation)[1] if _held_out(validation) else validation
+    held_out = _held_out(validation)
+    keys = held_out[1] if held_out else validation
     return sorted(int(key[1:]) for key in keys if key[:1] == "q" and key[1:].isdigit())
 
 

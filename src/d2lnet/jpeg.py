@@ -46,6 +46,24 @@ _ZIGZAG = np.array([
 ])  # fmt: skip
 
 
+# JFIF's full-range BT.601 YCbCr (rows Y, Cb, Cr; Cb and Cr offset by 128), as libjpeg converts.
+JFIF_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def split_blocks(plane: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``plane`` as rows x cols 8x8 blocks, (rows, cols, 8, 8): cut, or padded by replicating its edges."""
+    h, w = plane.shape
+    padded = np.pad(plane, ((0, max(0, rows * BLOCK - h)), (0, max(0, cols * BLOCK - w))), mode="edge")
+    padded = padded[: rows * BLOCK, : cols * BLOCK]
+    return padded.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3)
+
+
+def join_blocks(blocks: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The (h, w) plane of :func:`split_blocks`' (rows, cols, 8, 8) blocks."""
+    rows, cols = blocks.shape[:2]
+    return blocks.transpose(0, 2, 1, 3).reshape(rows * BLOCK, cols * BLOCK)[:h, :w]
+
+
 def dct_matrix(n: int = BLOCK) -> np.ndarray:
     """The orthonormal DCT-II matrix: JPEG's 8x8 DCT of a block B is ``D @ B @ D.T``."""
     k, x = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -187,13 +205,10 @@ def _luma_coefficients(image: np.ndarray, max_blocks: int) -> np.ndarray:
         x = x[..., 0]
     clipped = (x <= 0) | (x >= 255)
     if x.ndim == 3:
-        x, clipped = x[..., :3] @ np.array([0.299, 0.587, 0.114]), clipped[..., :3].any(-1)
-    h, w = x.shape[0] // BLOCK * BLOCK, x.shape[1] // BLOCK * BLOCK
-
-    def blocks(a: np.ndarray) -> np.ndarray:
-        return a[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK, BLOCK)
-
-    kept = blocks(x - 128.0)[~blocks(clipped).any(axis=(1, 2))]
+        x, clipped = x[..., :3] @ JFIF_YCBCR[0], clipped[..., :3].any(-1)
+    rows, cols = x.shape[0] // BLOCK, x.shape[1] // BLOCK
+    blocks = split_blocks(x - 128.0, rows, cols).reshape(-1, BLOCK, BLOCK)
+    kept = blocks[~split_blocks(clipped, rows, cols).any(axis=(2, 3)).reshape(-1)]
     if len(kept) > max_blocks:
         kept = kept[np.linspace(0, len(kept) - 1, max_blocks).astype(int)]
     d = dct_matrix()

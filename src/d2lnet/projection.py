@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2lnet.jpeg import BLOCK, dct_matrix
+from d2lnet.jpeg import JFIF_YCBCR, dct_matrix, join_blocks, split_blocks
 
 _D = dct_matrix()
 
@@ -68,27 +68,14 @@ def read_components(path: str | Path) -> list[Component] | None:
         return None
 
 
-def _blocks(plane: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """``plane`` padded (by replicating its edges) to rows x cols blocks, as (rows, cols, 8, 8)."""
-    h, w = plane.shape
-    padded = np.pad(plane, ((0, max(0, rows * BLOCK - h)), (0, max(0, cols * BLOCK - w))), mode="edge")
-    padded = padded[: rows * BLOCK, : cols * BLOCK]
-    return padded.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3)
-
-
-def _unblocks(blocks: np.ndarray, h: int, w: int) -> np.ndarray:
-    rows, cols = blocks.shape[:2]
-    return blocks.transpose(0, 2, 1, 3).reshape(rows * BLOCK, cols * BLOCK)[:h, :w]
-
-
 def project_plane(plane: np.ndarray, component: Component) -> np.ndarray:
     """Project one plane (float, pixel values 0..255, at the component's resolution)."""
     rows, cols = component.coefficients.shape[:2]
-    blocks = _blocks(plane - 128.0, rows, cols)
+    blocks = split_blocks(plane - 128.0, rows, cols)
     coefficients = _D @ blocks @ _D.T
     q, table = component.coefficients, component.table
     projected = np.clip(coefficients, (q - 0.5) * table, (q + 0.5) * table)
-    return _unblocks(_D.T @ projected @ _D, *plane.shape) + 128.0
+    return join_blocks(_D.T @ projected @ _D, *plane.shape) + 128.0
 
 
 def _downsample(plane: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
@@ -108,8 +95,6 @@ def _upsample(plane: np.ndarray, factor: tuple[int, int], h: int, w: int) -> np.
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0, :h, :w].numpy()
 
 
-# JFIF's full-range BT.601 YCbCr, as libjpeg converts.
-_TO_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 _OFFSET = np.array([0.0, 128.0, 128.0])
 
 
@@ -123,7 +108,7 @@ def project(image: np.ndarray, components: list[Component]) -> np.ndarray:
         if luma is None:  # a colour image restored from a grey JPEG: not this file's pixels
             raise ValueError("a grey JPEG's coefficients cannot constrain a colour image")
         return np.clip(np.round(project_plane(luma.astype(np.float64), components[0])), 0, 255).astype(np.uint8)
-    ycc = image.astype(np.float64) @ _TO_YCBCR.T + _OFFSET
+    ycc = image.astype(np.float64) @ JFIF_YCBCR.T + _OFFSET
     out = np.empty_like(ycc)
     for c, component in enumerate(components):
         plane = ycc[..., c]
@@ -133,5 +118,5 @@ def project(image: np.ndarray, components: list[Component]) -> np.ndarray:
             low = _downsample(plane, component.subsampling)
             correction = project_plane(low, component) - low
             out[..., c] = plane + _upsample(correction, component.subsampling, h, w)
-    rgb = (out - _OFFSET) @ np.linalg.inv(_TO_YCBCR).T
+    rgb = (out - _OFFSET) @ np.linalg.inv(JFIF_YCBCR).T
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)

@@ -56,8 +56,11 @@ def default_model(gray: bool) -> str:
     return DEFAULT_GRAY if gray else DEFAULT_COLOR
 
 
-def pixel_quality(image: Image.Image) -> int | None:
-    """:func:`d2lnet.jpeg.estimate_quality_from_pixels` of a PIL image of mode L, LA, RGB or RGBA."""
+def pixel_quality(image: Image.Image, restorer: Restorer) -> int | None:
+    """:func:`d2lnet.jpeg.estimate_quality_from_pixels` of a PIL image of mode L, LA, RGB or RGBA,
+    for a model that takes a quality (None for the others: they need none)."""
+    if not restorer.model.config.quality_conditioning:
+        return None
     return estimate_quality_from_pixels(np.asarray(image.convert("L" if image.mode in ("L", "LA") else "RGB")))
 
 
@@ -70,7 +73,7 @@ def resolve_quality(loaded: LoadedImage, quality: int | None, restorer: Restorer
         return (quality if quality is not None else loaded.quality), None
     if not restorer.model.config.quality_conditioning:
         return None, None
-    estimated = pixel_quality(loaded.image)
+    estimated = pixel_quality(loaded.image, restorer)
     return estimated, (UNKNOWN_QUALITY if estimated is None else ESTIMATED_QUALITY.format(estimated))
 
 
@@ -198,8 +201,8 @@ def restore_image(
         if image.mode not in SUPPORTED_MODES:
             image = to_supported(image).image
         restorer = _as_restorer(model, image.mode in ("L", "LA"), device)
-        if quality is None and restorer.model.config.quality_conditioning:
-            quality = pixel_quality(image)
+        if quality is None:
+            quality = pixel_quality(image, restorer)
         restored = restore_pil(image, restorer, quality, strength)
         projected = project_onto_jpeg(restored, source) if project_jpeg and source else None
         return projected if projected is not None else restored
@@ -211,6 +214,6 @@ def restore_image(
         raise ValueError(f"expected an array of shape (H, W) or (H, W, C) with C in 1..4, got {image.shape}")
     pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     restorer = _as_restorer(model, pil.mode in ("L", "LA"), device)
-    if quality is None and restorer.model.config.quality_conditioning:
-        quality = pixel_quality(pil)
+    if quality is None:
+        quality = pixel_quality(pil, restorer)
     return np.array(restore_pil(pil, restorer, quality, strength)).reshape(image.shape)
