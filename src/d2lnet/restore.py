@@ -135,7 +135,15 @@ def restore_loaded(
     then projected onto its JPEG file (``project_jpeg``). Returns the restored image and notes for
     the user (where the quality came from, what could not be done, and why)."""
     quality, note = resolve_quality(loaded, quality, restorer)
-    notes = [note] if note else []
+    restored, notes = restore_at(loaded, restorer, quality, project_jpeg, strength)
+    return restored, [note, *notes] if note else notes
+
+
+def restore_at(
+    loaded: LoadedImage, restorer: Restorer, quality: int | None, project_jpeg: bool = True, strength: float = 1.0
+) -> tuple[Image.Image, list[str]]:
+    """:func:`restore_loaded` at a quality already resolved (:func:`resolve_quality`; None: unknown)."""
+    notes = []
     restored = restore_pil(loaded.image, restorer, quality, strength)
     converted = bool(loaded.notes)  # e.g. from CMYK: these pixels are not the file's components
     if project_jpeg and loaded.is_jpeg and loaded.path is not None and not converted:

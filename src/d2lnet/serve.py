@@ -2,10 +2,10 @@
 
 The page takes an image file, shows the JPEG quality factor read from the file's
 quantization tables (:func:`d2lnet.jpeg.estimate_quality`; for a PNG and other formats, the
-one its pixels show, else "unknown": :func:`d2lnet.restore.resolve_quality`), restores it exactly as ``d2lnet restore`` does (the bundled colour or grey model by
-the image's mode, then the projection onto the JPEG's coefficients:
-:func:`d2lnet.restore.restore_loaded`), shows before and after in a slider,
-and offers the restored PNG for download.
+one its pixels show, else "unknown": :func:`d2lnet.restore.resolve_quality`), restores it
+exactly as ``d2lnet restore`` does (the bundled colour or grey model by the image's mode, then
+the projection onto the JPEG's coefficients: :func:`d2lnet.restore.restore_loaded`), shows
+before and after in a slider, and offers the restored PNG for download.
 
 Users' images are not kept. Gradio writes each upload to its temporary folder
 (``GRADIO_TEMP_DIR``): here that is a private folder made for this server, an upload is
@@ -45,7 +45,7 @@ from d2lnet.engine import Restorer, TileSpec, parse_tile
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.images import ImageError, LoadedImage, read_image
 from d2lnet.pretrained import load_model
-from d2lnet.restore import default_model, resolve_quality, restore_loaded
+from d2lnet.restore import default_model, resolve_quality, restore_at
 
 INSTALL_HINT = 'pip install "d2lnet[serve]"'
 DOWNLOAD_SUFFIX = "_restored.png"
@@ -149,15 +149,16 @@ class PageWorker:
             raise RequestError(f"Cannot read this image: {error}.") from None
 
     def restore(self, loaded: LoadedImage) -> Restored:
-        """Restore an image as ``d2lnet restore`` does (:func:`d2lnet.restore.restore_loaded`: the
-        file's quality, the model for its mode, projected onto the JPEG file's coefficients, which
+        """Restore an image as ``d2lnet restore`` does (:func:`d2lnet.restore.restore_loaded`'s two
+        steps, :func:`~d2lnet.restore.resolve_quality` and :func:`~d2lnet.restore.restore_at`: the
+        file's quality or its pixels', the model for its mode, projected onto the JPEG file's coefficients, which
         must still be there); the PNGs keep the file's ICC profile and EXIF, as the command's do."""
         image = loaded.image
         gray = image.mode in ("L", "LA")
         start = time.perf_counter()
         restorer = self.restorer(gray)
         quality, quality_note = resolve_quality(loaded, None, restorer)
-        restored, notes = restore_loaded(loaded, restorer, quality)
+        restored, notes = restore_at(loaded, restorer, quality)  # the page shows where the quality came from
         seconds = time.perf_counter() - start
         metadata = {k: v for k, v in (("icc_profile", loaded.icc_profile), ("exif", loaded.exif)) if v}
         return Restored(
@@ -167,7 +168,7 @@ class PageWorker:
             width=image.width,
             height=image.height,
             seconds=seconds,
-            notes=[*loaded.notes, *notes],  # the page shows where the quality came from itself
+            notes=[*loaded.notes, *notes],
             before_png=_png(image, metadata, compress_level=1),  # shown only: fast beats small
             restored_png=_png(restored, metadata),
         )
