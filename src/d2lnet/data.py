@@ -109,10 +109,10 @@ class Degradations:
         subsampling = int(rng.integers(2)) if colour and rng.random() < self.subsampling else 2
         tables = jittered_tables(quality, self.table_jitter, rng) if rng.random() < self.tables else None
         if rng.random() < self.double:
-            dy, dx = (int(v) for v in rng.integers(0, 8, 2))
+            dy, dx = (int(v) for v in rng.integers(0, jpeg.BLOCK, 2))
             if dy == dx == 0:
-                dy = 1 + int(rng.integers(7))
-            pad = ((dy, 8 - dy), (dx, 8 - dx)) + ((0, 0),) * (patch.ndim - 2)
+                dy = 1 + int(rng.integers(jpeg.BLOCK - 1))
+            pad = ((dy, jpeg.BLOCK - dy), (dx, jpeg.BLOCK - dx)) + ((0, 0),) * (patch.ndim - 2)
             first = jpeg.roundtrip(np.pad(patch, pad, mode="reflect"), int(rng.integers(*self.first_quality, endpoint=True)))
             patch = first[dy : dy + patch.shape[0], dx : dx + patch.shape[1]]
         return jpeg.compress(patch, quality, subsampling=subsampling, tables=tables)
