@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def cpu_isa() -> str:
     except (OSError, StopIteration):
         return "unknown"
     named = [("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")]
-    return ", ".join(label for flag, label in named if flag in flags) or "no AVX2"
+    isa = ", ".join(label for flag, label in named if flag in flags) or "no AVX2"
+    # PyTorch's own kernels and oneDNN's can be held to a lower ISA, e.g. to measure an AVX2-only CPU here.
+    caps = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(name)]
+    return f"{isa}; held to {', '.join(caps)}" if caps else isa
 
 
 def write_results(out: str, document: dict, markdown: str) -> None:

@@ -32,7 +32,7 @@ GROUPS = {  # profiler operator name -> group
     "convolution": ("conv", "mkldnn_convolution", "convolution_backward", "mkldnn_convolution_backward"),
     "fft": ("_fft_r2c", "_fft_c2r", "_fft_c2c"),
     "atan2/cos/sin": ("atan2", "cos", "sin"),
-    "dtype copies": ("copy_", "_to_copy"),
+    "copies (dtype, layout)": ("copy_", "_to_copy", "clone", "contiguous"),
 }
 
 

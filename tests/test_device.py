@@ -59,3 +59,16 @@ def test_compiled_falls_back_to_the_module_with_one_warning(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert err.count("warning: torch.compile failed") == 1 and "no C++ compiler found" in err and "trace" not in err
     assert compiled.error.startswith("RuntimeError") and compiled.compile_seconds is None
+
+
+def test_no_native_bf16_when_onednn_is_held_to_avx2():
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` (an AMD EPYC's ISA, or a user's choice) means fp32 for "auto",
+    whatever the CPU: oneDNN would emulate bf16 there, slower than fp32."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from d2lnet.device import cpu_has_native_bf16; print(cpu_has_native_bf16())"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -18,12 +18,15 @@ import torch
 from helpers import tiny_model
 
 from d2lnet.cli import main
-from d2lnet.export import ExportGraph, atan2_ieee, irfft2_via_ifft, rfft2_via_fft2
+from d2lnet.export import ExportGraph, atan2_ieee, irfft2_via_ifft, irfft_via_ifft, rfft2_via_fft2
 from d2lnet.pretrained import ModelCard, load_model, save_release
 
 MISSING = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
 needs_onnx = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}: pip install -e '.[onnx]'")
-TOLERANCE = 2e-3  # max abs difference on [0, 1] allowed between ONNX Runtime and PyTorch
+# Max abs difference on [0, 1] allowed between ONNX Runtime and PyTorch: under one 8-bit level.
+# ONNX Runtime's DFT is 1e-4 off at sides that are not powers of two, and the random-weight test
+# model amplifies that to 1e-3-2e-3 (the bundled ones to 5e-4), varying with how PyTorch rounds.
+TOLERANCE = 1 / 255
 
 
 # --------------------------------------------------------------------------- the export-only formulation
@@ -59,6 +62,13 @@ def test_irfft2_via_ifft_is_irfft2(norm: str, size: tuple[int, int]) -> None:
     expected = torch.fft.irfft2(half, s=(h, w), norm=norm)
     assert got.shape == (2, 3, h, w)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [6, 7, 2, None])
+def test_irfft_via_ifft_is_irfft(n: int | None) -> None:
+    """The 1-D inverse the network's fast irfft2 ends with (d2lnet.fourier), odd lengths too."""
+    half = torch.randn(2, 3, 5, 4, dtype=torch.complex128)
+    torch.testing.assert_close(irfft_via_ifft(half, n=n), torch.fft.irfft(half, n=n), rtol=0, atol=1e-12)
 
 
 def test_atan2_ieee_follows_ieee_754() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from d2lnet import model as model_module
-from d2lnet.fourier import swap_amplitude_literal, with_amplitude
+from d2lnet.fourier import inverse, swap_amplitude_literal, with_amplitude
 from d2lnet.model import DualDomainBlock, build
 
 
@@ -103,3 +103,26 @@ def test_with_amplitude_keeps_the_phase_and_treats_zero_as_phase_zero():
     out = with_amplitude(s, amplitude, new)
     expected = torch.tensor([[6 + 8j, 7 + 0j, -5 + 0j, 0 - 2j]], dtype=torch.complex64)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(16, 20), (15, 9)])
+def test_inverse_is_irfft2(size: tuple[int, int]) -> None:
+    """F^-1 as two 1-D inverses (the fast form) gives irfft2's numbers, for any half-spectrum."""
+    half = torch.randn(2, 3, size[0], size[1] // 2 + 1, dtype=torch.complex128)
+    torch.testing.assert_close(inverse(half, size), torch.fft.irfft2(half, s=size, norm="ortho"), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_fourier_branch_keeps_the_dtype_and_layout_of_its_input(stage):
+    """Under bf16 autocast on a channels-last tensor (the CPU's fast path) F_fre comes back in
+    bf16 and channels-last, computed in float32 in between: within bf16's rounding of the
+    literal float32 equations."""
+    torch.manual_seed(0)
+    block = getattr(build("d2lnet-xs"), stage).encoder[0]
+    f_x = torch.randn(2, 8, 24, 40)
+    expected = block.fourier_literal(f_x)
+    channels_last = f_x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = block.fourier(channels_last)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=0.02 * expected.abs().max().item())

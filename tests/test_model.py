@@ -104,3 +104,28 @@ def test_config_validation():
         build("d2lnet-huge")
     with pytest.raises(ValueError, match="expected input"):
         build("d2lnet-xs")(torch.rand(1, 1, 8, 8))
+
+
+def test_half_instance_norm_block_against_numpy():
+    """HINResBlock (HINet): x + lrelu(conv2(h)), h = lrelu(conv1(x)) whose first half of channels is
+    instance-normalised (biased variance, eps 1e-5, per-channel affine) and second half kept;
+    against NumPy in float64, in either memory layout."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    block = model_module.HINResBlock(6, 0.2).double()
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 2.0)
+        block.norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    with torch.no_grad():
+        h = F.leaky_relu(block.conv1(x), 0.2).numpy()  # the convolutions are PyTorch's own; the norm is checked
+        mean = h[:, :3].mean(axis=(2, 3), keepdims=True)
+        var = h[:, :3].var(axis=(2, 3), keepdims=True)
+        gamma, beta = block.norm.weight.numpy()[:, None, None], block.norm.bias.numpy()[:, None, None]
+        h[:, :3] = (h[:, :3] - mean) / np.sqrt(var + 1e-5) * gamma + beta
+        expected = x + F.leaky_relu(block.conv2(torch.from_numpy(h)), 0.2)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = block.to(memory_format=layout)(x.contiguous(memory_format=layout))
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

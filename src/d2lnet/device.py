@@ -56,13 +56,14 @@ def _backend_available(device: torch.device) -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16), read from /proc/cpuinfo."""
+    """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16), read from /proc/cpuinfo,
+    and oneDNN may use it (``ONEDNN_MAX_CPU_ISA=AVX2`` holds it to AVX2, as on an AMD EPYC)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return ("amx_bf16" in flags or "avx512_bf16" in flags) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:

@@ -106,20 +106,25 @@ def irfft2_via_ifft(
     x: torch.Tensor, s: tuple[int, int] | None = None, dim: tuple[int, int] = (-2, -1), norm: str | None = None
 ) -> torch.Tensor:
     """:func:`torch.fft.irfft2` over the last two dimensions, with output size ``s`` (H, W), as the
-    real part of full complex inverse FFTs.
-
-    The inverse over the rows comes first; the half-spectrum's rows are then complete, and each
-    gets its missing columns from Hermitian symmetry, column k > W // 2 being the conjugate of
-    column W - k. Any imaginary part left at column 0 (and W / 2) contributes only to the
-    imaginary part of the result, which is dropped, as ``irfft2`` ignores it.
-    """
+    real part of full complex inverse FFTs: the inverse over the rows, whose half-spectrum rows
+    are then complete, and :func:`irfft_via_ifft` over each of them."""
     _check_last_two(s is None or len(s) == 2, dim, "irfft2")
     if s is not None and s[0] != x.shape[-2]:
         raise NotImplementedError("irfft2 with a new height has no export formulation here")
-    width = s[-1] if s is not None else 2 * (x.shape[-1] - 1)
-    rows = torch.fft.ifft(x, dim=-2, norm=norm)
+    return irfft_via_ifft(torch.fft.ifft(x, dim=-2, norm=norm), s[-1] if s is not None else None, norm=norm)
+
+
+def irfft_via_ifft(x: torch.Tensor, n: int | None = None, dim: int = -1, norm: str | None = None) -> torch.Tensor:
+    """:func:`torch.fft.irfft` over the last dimension, with output length ``n``, as the real part
+    of a full complex inverse FFT: column k > n // 2 of the full spectrum is the conjugate of
+    column n - k. Any imaginary part left at column 0 (and n / 2) contributes only to the
+    imaginary part of the result, which is dropped, as ``irfft`` ignores it.
+    """
+    if dim not in (-1, x.dim() - 1):
+        raise NotImplementedError(f"irfft over dim {dim} has no export formulation here")
+    width = n if n is not None else 2 * (x.shape[-1] - 1)
     k = torch.arange(width, device=x.device)
-    mirrored = _columns(rows, torch.minimum(k, width - k))  # column k from column min(k, W - k)
+    mirrored = _columns(x, torch.minimum(k, width - k))  # column k from column min(k, W - k)
     conjugate = torch.where(k <= width // 2, 1.0, -1.0).to(mirrored.real.dtype)
     full = torch.complex(mirrored.real, mirrored.imag * conjugate)
     return torch.fft.ifft(full, dim=-1, norm=norm).real
@@ -137,12 +142,12 @@ def _check_last_two(supported: bool, dim: tuple[int, ...], name: str) -> None:
 
 
 class ComplexFFTs(TorchFunctionMode):
-    """While active, ``torch.fft.rfft2``, ``irfft2`` and ``torch.atan2`` run as
-    :func:`rfft2_via_fft2`, :func:`irfft2_via_ifft` and :func:`atan2_ieee` (see the module's
-    docstring, 2.). Other real FFTs are refused, so that a change in :mod:`d2lnet.fourier` cannot
-    slip a one-sided DFT into an exported file."""
+    """While active, ``torch.fft.rfft2``, ``irfft2``, ``irfft`` and ``torch.atan2`` run as
+    :func:`rfft2_via_fft2`, :func:`irfft2_via_ifft`, :func:`irfft_via_ifft` and :func:`atan2_ieee`
+    (see the module's docstring, 2.). Other real FFTs are refused, so that a change in
+    :mod:`d2lnet.fourier` cannot slip a one-sided DFT into an exported file."""
 
-    _REFUSED = (torch.fft.rfft, torch.fft.irfft, torch.fft.rfftn, torch.fft.irfftn, torch.fft.hfft, torch.fft.ihfft)
+    _REFUSED = (torch.fft.rfft, torch.fft.rfftn, torch.fft.irfftn, torch.fft.hfft, torch.fft.ihfft)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -150,6 +155,8 @@ class ComplexFFTs(TorchFunctionMode):
             return rfft2_via_fft2(*args, **kwargs)
         if func is torch.fft.irfft2:
             return irfft2_via_ifft(*args, **kwargs)
+        if func is torch.fft.irfft:
+            return irfft_via_ifft(*args, **kwargs)
         if func is torch.atan2:
             return atan2_ieee(*args, **kwargs)
         if func in self._REFUSED:

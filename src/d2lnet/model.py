@@ -127,6 +127,11 @@ def _conv3x3(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
 
 
+def _pointwise(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
+    """The 1x1 convolution ``conv`` of ``z`` as a matrix product over its pixels, in ``z``'s dtype."""
+    return torch.einsum("oc,bchw->bohw", conv.weight.flatten(1).to(z.dtype), z) + conv.bias.to(z.dtype)[:, None, None]
+
+
 class HINResBlock(nn.Module):
     """Half-instance-norm residual block (HINet): normalises half the channels after the first conv."""
 
@@ -139,9 +144,20 @@ class HINResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.conv1(x))
-        half = y.shape[1] // 2
-        y = torch.cat([self.norm(y[:, :half]), y[:, half:]], dim=1)
-        return x + self.act(self.conv2(y))
+        return x + self.act(self.conv2(self.half_instance_norm(y)))
+
+    def half_instance_norm(self, y: torch.Tensor) -> torch.Tensor:
+        """``cat([self.norm(y[:, :half]), y[:, half:]])`` as one affine map per channel (the
+        identity on the second half): a single pass, where slicing a channels-last tensor,
+        normalising and concatenating would copy it three times. Statistics in float32."""
+        norm, half = self.norm, self.norm.num_features
+        stats_dtype = torch.promote_types(y.dtype, torch.float32)
+        var, mean = torch.var_mean(y[:, :half].to(stats_dtype), dim=(2, 3), correction=0, keepdim=True)
+        scale = norm.weight[:, None, None] * torch.rsqrt(var + norm.eps)
+        shift = norm.bias[:, None, None] - mean * scale
+        keep = torch.ones_like(scale[:, :1]).expand(-1, y.shape[1] - half, -1, -1)
+        scale, shift = torch.cat([scale, keep], dim=1), torch.cat([shift, keep - 1], dim=1)
+        return torch.addcmul(shift.to(y.dtype), y, scale.to(y.dtype))
 
 
 class FeatureProjection(nn.Sequential):
@@ -236,17 +252,28 @@ class DualDomainBlock(nn.Module):
     def fourier(self, f_x: torch.Tensor) -> torch.Tensor:
         """F_fre: eq. (7) splits F(F_Xi) into amplitude and phase, eq. (8) refines one and transforms back.
 
-        Computed without the angle where it is not needed (see :mod:`d2lnet.fourier`). The FFTs
-        run in float32, the spectral convolutions in the autocast dtype, and F_fre comes back
-        in F_Xi's dtype, so that a bf16 network stays in bf16 between the Fourier branches.
+        Computed without the angle where it is not needed (see :mod:`d2lnet.fourier`). The whole
+        branch runs in float32 on the spectra as the FFTs lay them out, plane by plane, and F_fre
+        comes back in F_Xi's dtype and layout: between F_Xi and F_fre there is no other
+        conversion, so that a bf16 channels-last network pays for two copies per block.
         """
-        size, dtype = f_x.shape[-2:], f_x.dtype
+        size = f_x.shape[-2:]
         s, amplitude = spectrum(f_x, self.fft_norm)
         if self.corrects == "amplitude":
-            f_fre = inverse(with_amplitude(s, amplitude, self.spectral(amplitude.to(dtype))), size, self.fft_norm)
+            f_fre = inverse(with_amplitude(s, amplitude, self.spectral_fp32(amplitude)), size, self.fft_norm)
         else:
-            f_fre = from_amplitude_phase(amplitude, self.spectral(phase_of(s).to(dtype)), size, self.fft_norm)
-        return f_fre.to(dtype)
+            f_fre = from_amplitude_phase(amplitude, self.spectral_fp32(phase_of(s)), size, self.fft_norm)
+        # In F_Xi's memory format too: eqs. (9)-(10) mixing a channels-last tensor with a
+        # contiguous one would run several times slower.
+        return torch.empty_like(f_x).copy_(f_fre)
+
+    def spectral_fp32(self, z: torch.Tensor) -> torch.Tensor:
+        """``self.spectral`` (Conv of eq. 8) on a float32 spectrum (B, C, H, W'), as matrix products
+        over the frequencies: a 1x1 convolution of planes laid out one after the other, with no
+        layout change (a convolution would make two) and no rounding to bf16 on the way."""
+        first, act, second = self.spectral
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return _pointwise(second, act(_pointwise(first, z)))
 
     def fourier_literal(self, f_x: torch.Tensor) -> torch.Tensor:
         """:meth:`fourier` as eqs. (7) and (8) read, angle and all: the reference it is tested against."""
