@@ -151,8 +151,10 @@ class HINResBlock(nn.Module):
         identity on the second half): a single pass, where slicing a channels-last tensor,
         normalising and concatenating would copy it three times. Statistics in float32."""
         norm, half = self.norm, self.norm.num_features
-        stats_dtype = torch.promote_types(y.dtype, torch.float32)
-        var, mean = torch.var_mean(y[:, :half].to(stats_dtype), dim=(2, 3), correction=0, keepdim=True)
+        normalised = y[:, :half].to(torch.promote_types(y.dtype, torch.float32))
+        # Two passes of mean(): torch.var_mean over H and W of a channels-last tensor is 10x slower.
+        mean = normalised.mean(dim=(2, 3), keepdim=True)
+        var = (normalised - mean).square().mean(dim=(2, 3), keepdim=True)
         scale = norm.weight[:, None, None] * torch.rsqrt(var + norm.eps)
         shift = norm.bias[:, None, None] - mean * scale
         keep = torch.ones_like(scale[:, :1]).expand(-1, y.shape[1] - half, -1, -1)
