@@ -134,6 +134,15 @@ def test_unreadable_images_are_reported_by_name_and_skipped(tmp_path, capsys):
     assert [p.name for p in data.files] == ["img0.png"]
 
 
+def test_images_smaller_than_the_crop_are_skipped_in_one_warning(tmp_path, capsys):
+    _write_images(tmp_path / "small", count=4, size=(24, 40))
+    _write_images(tmp_path / "large", count=1, size=(48, 40))
+    data = JPEGTrainSet([tmp_path], crop=32, quality=QualitySampler(choices=(30,)))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "smaller than" in line]
+    assert len(warnings) == 1 and "skipping 4 training images smaller than the 32px crop" in warnings[0]
+    assert [p.parent.name for p in data.files] == ["large"]
+
+
 def test_holdout_is_left_out_of_training_and_stable_when_folders_grow(tmp_path):
     _write_images(tmp_path / "a", count=3)
     names = [tmp_path / "a" / f"n{i}.png" for i in range(400)]

@@ -185,7 +185,7 @@ class JPEGTrainSet(Dataset):
         self.images: list[np.ndarray] | None = [] if cache else None
         crop = max(self.crops)
         found = split_holdout(find_images_in(folders), holdout)[0]
-        decoded_jpegs = 0
+        decoded_jpegs, too_small = 0, []
         for path in found:
             try:
                 image = read_array(path)
@@ -199,15 +199,15 @@ class JPEGTrainSet(Dataset):
                     continue
                 image, halve = downscale_2x(image), True
             if min(image.shape[:2]) < crop:
-                print(
-                    f"warning: skipping {path}: {image.shape[1]}x{image.shape[0]} is smaller than the {crop}px crop",
-                    file=sys.stderr,
-                )
+                too_small.append(f"{path.name} ({image.shape[1]}x{image.shape[0]})")
                 continue
             self.files.append(path)
             self.halved.append(halve)
             if self.images is not None:
                 self.images.append(to_mode(image, gray))
+        if too_small:  # one line, not one per image: downscaling decoded JPEGs can leave out hundreds
+            examples = ", ".join(too_small[:3]) + (", ..." if len(too_small) > 3 else "")
+            print(f"warning: skipping {len(too_small)} training images smaller than the {crop}px crop: {examples}", file=sys.stderr)
         if jpeg_sources != "keep":
             done = "left out" if jpeg_sources == "drop" else "downscaled 2x"
             print(f"{decoded_jpegs} of {len(found)} training images are decoded JPEGs: {done}", file=sys.stderr)
