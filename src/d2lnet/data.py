@@ -207,7 +207,9 @@ class JPEGTrainSet(Dataset):
                 self.images.append(to_mode(image, gray))
         if too_small:  # one line, not one per image: downscaling decoded JPEGs can leave out hundreds
             examples = ", ".join(too_small[:3]) + (", ..." if len(too_small) > 3 else "")
-            print(f"warning: skipping {len(too_small)} training images smaller than the {crop}px crop: {examples}", file=sys.stderr)
+            print(
+                f"warning: skipping {len(too_small)} training images smaller than the {crop}px crop: {examples}", file=sys.stderr
+            )
         if jpeg_sources != "keep":
             done = "left out" if jpeg_sources == "drop" else "downscaled 2x"
             print(f"{decoded_jpegs} of {len(found)} training images are decoded JPEGs: {done}", file=sys.stderr)
