@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: naming the machine they ran on."""
+"""What the benchmark scripts share: naming the machine they ran on, the held-out images."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import json
 import os
 import platform
 from pathlib import Path
+
+import numpy as np
+
+from d2lnet import jpeg
+from d2lnet.data import split_holdout
+from d2lnet.images import find_images_in, read_array, to_mode
 
 
 def cpu_name() -> str:
@@ -37,3 +43,25 @@ def write_results(out: str, document: dict, markdown: str) -> None:
         Path(out + ".json").write_text(json.dumps(document, indent=2) + "\n")
         Path(out + ".md").write_text(markdown.rstrip("\n") + "\n")
     print(markdown)
+
+
+def held_out_images(
+    data: Path, fraction: float, limit: int, gray: bool, never_jpeg: bool = False
+) -> list[tuple[str, np.ndarray]]:
+    """The first ``limit`` held-out training images (the split the recipes validate on), cut to the 8x8 grid.
+
+    ``never_jpeg``: only those whose pixels show no JPEG quality. Most held-out images are decoded
+    JPEGs, which favours models trained to reproduce JPEG targets over ones trained without them.
+    """
+    _, held = split_holdout(find_images_in([data]), fraction)
+    images = []
+    for path in held:
+        if len(images) == limit:
+            break
+        image = read_array(path)
+        if never_jpeg and jpeg.estimate_quality_from_pixels(image) is not None:
+            continue
+        image = to_mode(image, gray)
+        h, w = image.shape[:2]
+        images.append((path.name, np.ascontiguousarray(image[: h // 8 * 8, : w // 8 * 8])))
+    return images

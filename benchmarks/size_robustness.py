@@ -17,24 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_isa, cpu_name, write_results
+from common import cpu_isa, cpu_name, held_out_images, write_results
 
 from d2lnet import jpeg, metrics
-from d2lnet.data import split_holdout
 from d2lnet.engine import Restorer
-from d2lnet.images import find_images_in, read_array, to_mode
 from d2lnet.pretrained import load_model
-
-
-def held_out_images(data: Path, fraction: float, limit: int, gray: bool) -> list[tuple[str, np.ndarray]]:
-    """The first ``limit`` held-out training images (the split the recipes validate on), cut to the 8x8 grid."""
-    _, held = split_holdout(find_images_in([data]), fraction)
-    images = []
-    for path in held[:limit]:
-        image = to_mode(read_array(path), gray)
-        h, w = image.shape[:2]
-        images.append((path.name, np.ascontiguousarray(image[: h // 8 * 8, : w // 8 * 8])))
-    return images
 
 
 def main() -> None:
@@ -43,6 +30,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("D2LNET_DATA", "../shared/data") + "/train")
     parser.add_argument("--holdout", type=float, default=0.05, help="the recipes' [data] holdout")
     parser.add_argument("--limit", type=int, default=12)
+    parser.add_argument("--never-jpeg", action="store_true", help="only held-out images that were never JPEGs")
     parser.add_argument("--quality", type=int, nargs="+", default=[10, 30, 50, 70, 90, 95])
     parser.add_argument("--tiles", type=int, nargs="+", default=[0, 96], help="0: whole images")
     parser.add_argument("--overlap", type=int, default=32)
@@ -56,7 +44,7 @@ def main() -> None:
     for name in args.model:
         model = load_model(name)
         gray = model.config.in_channels == 1
-        images = held_out_images(Path(args.data), args.holdout, args.limit, gray)
+        images = held_out_images(Path(args.data), args.holdout, args.limit, gray, args.never_jpeg)
         pairs = {qf: [(gt, jpeg.roundtrip(gt, qf)) for _, gt in images] for qf in args.quality}
         for tile in args.tiles:
             restorer = Restorer(model, "cpu", args.precision, tile or None, args.overlap)
@@ -70,13 +58,15 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
 
     document = {"cpu": cpu_name(), "isa": cpu_isa(), "threads": args.threads, "precision": args.precision,
-                "images": [n for n, _ in images], "holdout": args.holdout, "results": results}  # fmt: skip
+                "images": [n for n, _ in images], "holdout": args.holdout, "never_jpeg": args.never_jpeg,
+                "results": results}  # fmt: skip
     write_results(args.out, document, markdown(document))
 
 
 def markdown(document: dict) -> str:
     """One table per model: PSNR per quality and policy, and whole minus the best tiling."""
-    lines = [f"Held-out training images ({len(document['images'])}), {document['cpu']} ({document['isa']}), "
+    kind = "that were never JPEGs " if document.get("never_jpeg") else ""
+    lines = [f"Held-out training images {kind}({len(document['images'])}), {document['cpu']} ({document['isa']}), "
              f"{document['threads']} thread(s), precision {document['precision']}.", ""]  # fmt: skip
     for name in dict.fromkeys(r["model"] for r in document["results"]):
         rows = [r for r in document["results"] if r["model"] == name]

@@ -328,6 +328,22 @@ def test_validation_scores_are_those_of_d2lnet_eval(image_folder, tmp_path, caps
         assert logged[f"q{quality}"]["psnr_jpeg"] == pytest.approx(jpeg["psnr"], abs=1e-5)
 
 
+def test_a_run_cut_by_its_time_budget_validates_what_it_releases(image_folder, tmp_path, capsys):
+    """The release of a run stopped by ``run.max_minutes`` is scored at its own step, not at the
+    last ``val.every``: the log ends with that validation (timed) and the card holds it."""
+    out = tmp_path / "run"
+    args = _smoke_args(image_folder, out, steps=1000)
+    args[args.index('val.folder=""')] = f'val.folder="{image_folder}"'
+    argv = [*args, "--set", "val.limit=1", "--set", "val.every=1000", "--set", "run.max_minutes=1e-6"]
+    assert _cli(capsys, *argv)[0] == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in records if "val" in r]
+    step = Checkpoint.load(out / "checkpoints" / "last.pt").step
+    assert step < 1000 and len(vals) == 1 and vals[0]["step"] == step and vals[0]["elapsed_s"] > 0
+    card = json.loads((out / "release.json").read_text())
+    assert card["scores"]["validation"]["psnr"] == pytest.approx(vals[0]["val"]["psnr"])
+
+
 def test_progress_lines_when_stderr_is_not_a_terminal(image_folder, tmp_path, capsys, monkeypatch):
     import d2lnet.progress
 

@@ -618,8 +618,8 @@ class RunLog:
         self._scalars("train", terms, step)
         self.progress.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr:.2e}")
 
-    def validation(self, step: int, scores: dict) -> None:
-        self._record({"step": step, "val": scores})
+    def validation(self, step: int, scores: dict, elapsed: float) -> None:
+        self._record({"step": step, "val": scores, "elapsed_s": elapsed})
         self._scalars("val", {k: scores[k] for k in ("psnr", "ssim", "psnrb")}, step)
         self.progress.write(
             f"step {step}: val PSNR {scores['psnr']:.2f} dB (JPEG {scores['psnr_jpeg']:.2f}), "
@@ -752,6 +752,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         (folder.path / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     log = RunLog(folder, config, state.step, process, fresh=start_from is None)
     last_val: dict = {}
+    validated_at, out_of_time = -1, False
     session_start = time.monotonic()
 
     def elapsed() -> float:
@@ -775,16 +776,21 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
                 if due(config.run.log_every):
                     log.training(state.step, loss, grad_norm, state.scheduler.get_last_lr()[0], elapsed())
                 if val_set is not None and due(config.val.every):
-                    last_val = validate(state.weights, val_set, config.val.quality, device, precision)
-                    log.validation(state.step, last_val)
+                    last_val, validated_at = validate(state.weights, val_set, config.val.quality, device, precision), state.step
+                    log.validation(state.step, last_val, elapsed())
                 if state.step % config.run.checkpoint_every == 0:
                     checkpoint()
                 if stop:
                     stop_reason = signal.Signals(stop[0]).name
                     break
-                if config.run.max_minutes and time.monotonic() - session_start > 60 * config.run.max_minutes:
+                out_of_time = bool(config.run.max_minutes) and time.monotonic() - session_start > 60 * config.run.max_minutes
+                if out_of_time:
                     stop_reason = f"time budget of {config.run.max_minutes} min reached"
                     break
+            if val_set is not None and out_of_time and validated_at != state.step:
+                # A run cut by its time budget releases the weights of this step: their scores go in its card.
+                last_val = validate(state.weights, val_set, config.val.quality, device, precision)
+                log.validation(state.step, last_val, elapsed())
         checkpoint()
     except KeyboardInterrupt:  # a second Ctrl-C: the step under way is lost, the last checkpoint stands
         raise TrainingInterrupted(f"interrupted at once; {folder.checkpoint} holds the last checkpoint", signal.SIGINT) from None
