@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import write_results
+from common import named, write_results
 
 
 def read_run(folder: Path) -> dict:
@@ -46,12 +46,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="NAME=FOLDER", help="run folders of d2lnet train")
     parser.add_argument("--out", default="", help="write OUT.json, OUT.md and OUT.png")
     args = parser.parse_args()
-    runs = {}
-    for spec in args.runs:
-        name, sep, folder = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"expected NAME=FOLDER, got {spec!r}")
-        runs[name] = read_run(Path(folder))
+    runs = {name: read_run(Path(folder)) for name, folder in named(args.runs).items()}
     document = {"runs": runs}
     write_results(args.out, document, markdown(document))
     if args.out:

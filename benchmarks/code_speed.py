@@ -65,11 +65,11 @@ def main() -> None:
         return
 
     import torch
-    from common import cpu_isa, cpu_name, write_results
+    from common import cpu_isa, cpu_name, named, write_results
 
     from d2lnet.device import cpu_has_native_bf16
 
-    variants = dict(spec.split("=", 1) for spec in args.variant)
+    variants = named(args.variant)
     precisions = args.precision or (["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"])
     rows = []
     for precision in precisions:

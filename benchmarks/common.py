@@ -37,6 +37,14 @@ def cpu_isa() -> str:
     return f"{isa}; held to {', '.join(caps)}" if caps else isa
 
 
+def named(specs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` command-line items (code trees, run folders) as a dict, in their order."""
+    pairs = [spec.partition("=") for spec in specs]
+    if bad := [spec for spec, (name, sep, value) in zip(specs, pairs) if not (name and sep and value)]:
+        raise SystemExit(f"expected NAME=VALUE, got {bad[0]!r}")
+    return {name: value for name, _, value in pairs}
+
+
 def write_results(out: str, document: dict, markdown: str) -> None:
     """``OUT.json`` (the full document) and ``OUT.md`` (its tables), when ``out`` is given; the tables to stdout."""
     if out:

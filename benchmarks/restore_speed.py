@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_isa, cpu_name, write_results
+from common import cpu_isa, cpu_name, named, write_results
 from PIL import Image
 
 
@@ -54,8 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     variants = {}
-    for spec in args.variant:
-        name, rest = spec.split("=", 1)
+    for name, rest in named(args.variant).items():
         src, _, extra = rest.partition(":")
         variants[name] = (str(Path(src).resolve()), extra.split() if extra else [])
     stop = multiprocessing.Event()
