@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import named, write_results
+from common import cpu_isa, cpu_name, named, write_results
 
 
 def read_run(folder: Path) -> dict:
@@ -45,9 +45,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="NAME=FOLDER", help="run folders of d2lnet train")
     parser.add_argument("--out", default="", help="write OUT.json, OUT.md and OUT.png")
+    parser.add_argument("--machine", default=f"{cpu_name()} ({cpu_isa()})", help="where the runs trained (default: here)")
+    parser.add_argument("--note", default="", help="a line on how the runs were made, for OUT.md")
     args = parser.parse_args()
     runs = {name: read_run(Path(folder)) for name, folder in named(args.runs).items()}
-    document = {"runs": runs}
+    document = {"machine": args.machine, "note": args.note, "runs": runs}
     write_results(args.out, document, markdown(document))
     if args.out:
         plot(document, Path(args.out + ".png"))
@@ -57,6 +59,10 @@ def markdown(document: dict) -> str:
     """Every validation point of every run: PSNR per quality and their mean."""
     qualities = sorted({q for run in document["runs"].values() for p in run["points"] for q in p["by_quality"]}, key=int)
     lines = [
+        "# Validation PSNR against CPU hours",
+        "",
+        f"Trained on {document['machine']}. {document['note']}".rstrip(),
+        "",
         "| run | model | crop | batch | step | CPU hours | " + " | ".join(f"QF{q}" for q in qualities) + " | mean |",
         "|---|---|---|---:|---:|---:|" + "---:|" * (len(qualities) + 1),
     ]
