@@ -54,18 +54,21 @@ def write_results(out: str, document: dict, markdown: str) -> None:
 
 
 def held_out_images(
-    data: Path, fraction: float, limit: int, gray: bool, never_jpeg: bool = False
+    data: Path, fraction: float, limit: int, gray: bool, never_jpeg: bool = False, match: str = ""
 ) -> list[tuple[str, np.ndarray]]:
     """The first ``limit`` held-out training images (the split the recipes validate on), cut to the 8x8 grid.
 
     ``never_jpeg``: only those whose pixels show no JPEG quality. Most held-out images are decoded
     JPEGs, which favours models trained to reproduce JPEG targets over ones trained without them.
+    ``match``: only those whose file name contains it (e.g. ``urban100``, the largest).
     """
     _, held = split_holdout(find_images_in([data]), fraction)
     images = []
     for path in held:
         if len(images) == limit:
             break
+        if match not in path.name:
+            continue
         image = read_array(path)
         if never_jpeg and jpeg.estimate_quality_from_pixels(image) is not None:
             continue

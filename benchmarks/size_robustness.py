@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.05, help="the recipes' [data] holdout")
     parser.add_argument("--limit", type=int, default=12)
     parser.add_argument("--never-jpeg", action="store_true", help="only held-out images that were never JPEGs")
+    parser.add_argument("--match", default="", help="only held-out images whose name contains this")
     parser.add_argument("--quality", type=int, nargs="+", default=[10, 30, 50, 70, 90, 95])
     parser.add_argument("--tiles", type=int, nargs="+", default=[0, 96], help="0: whole images")
     parser.add_argument("--overlap", type=int, default=32)
@@ -44,7 +45,7 @@ def main() -> None:
     for name in args.model:
         model = load_model(name)
         gray = model.config.in_channels == 1
-        images = held_out_images(Path(args.data), args.holdout, args.limit, gray, args.never_jpeg)
+        images = held_out_images(Path(args.data), args.holdout, args.limit, gray, args.never_jpeg, args.match)
         pairs = {qf: [(gt, jpeg.roundtrip(gt, qf)) for _, gt in images] for qf in args.quality}
         for tile in args.tiles:
             restorer = Restorer(model, "cpu", args.precision, tile or None, args.overlap)
