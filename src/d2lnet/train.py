@@ -752,7 +752,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         (folder.path / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     log = RunLog(folder, config, state.step, process, fresh=start_from is None)
     last_val: dict = {}
-    validated_at, out_of_time = -1, False
+    out_of_time = False
     session_start = time.monotonic()
 
     def elapsed() -> float:
@@ -776,7 +776,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
                 if due(config.run.log_every):
                     log.training(state.step, loss, grad_norm, state.scheduler.get_last_lr()[0], elapsed())
                 if val_set is not None and due(config.val.every):
-                    last_val, validated_at = validate(state.weights, val_set, config.val.quality, device, precision), state.step
+                    last_val = validate(state.weights, val_set, config.val.quality, device, precision)
                     log.validation(state.step, last_val, elapsed())
                 if state.step % config.run.checkpoint_every == 0:
                     checkpoint()
@@ -787,7 +787,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
                 if out_of_time:
                     stop_reason = f"time budget of {config.run.max_minutes} min reached"
                     break
-            if val_set is not None and out_of_time and validated_at != state.step:
+            if val_set is not None and out_of_time and not due(config.val.every):
                 # A run cut by its time budget releases the weights of this step: their scores go in its card.
                 last_val = validate(state.weights, val_set, config.val.quality, device, precision)
                 log.validation(state.step, last_val, elapsed())
