@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--match", default="", help="only held-out images whose name contains this")
     parser.add_argument("--quality", type=int, nargs="+", default=[10, 30, 50, 70, 90, 95])
     parser.add_argument("--tiles", type=int, nargs="+", default=[0, 96], help="0: whole images")
-    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--overlap", type=int, nargs="+", default=[32], help="tile overlaps to try (each with every tile)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="", help="write OUT.json and OUT.md")
@@ -47,12 +47,13 @@ def main() -> None:
         gray = model.config.in_channels == 1
         images = held_out_images(Path(args.data), args.holdout, args.limit, gray, args.never_jpeg, args.match)
         pairs = {qf: [(gt, jpeg.roundtrip(gt, qf)) for _, gt in images] for qf in args.quality}
-        for tile in args.tiles:
-            restorer = Restorer(model, "cpu", args.precision, tile or None, args.overlap)
+        policies = [(tile, overlap) for tile in args.tiles for overlap in (args.overlap if tile else [0])]
+        for tile, overlap in policies:
+            restorer = Restorer(model, "cpu", args.precision, tile or None, overlap)
             for qf in args.quality:
                 start = time.perf_counter()
                 psnr = [metrics.psnr(gt, restorer.restore(lq, qf)) for gt, lq in pairs[qf]]
-                row = {"model": name, "tile": tile or "whole", "quality": qf, "psnr": float(np.mean(psnr)),
+                row = {"model": name, "tile": tile or "whole", "overlap": overlap, "quality": qf, "psnr": float(np.mean(psnr)),
                        "psnr_jpeg": float(np.mean([metrics.psnr(gt, lq) for gt, lq in pairs[qf]])),
                        "seconds": time.perf_counter() - start}  # fmt: skip
                 results.append(row)
@@ -64,23 +65,34 @@ def main() -> None:
     write_results(args.out, document, markdown(document))
 
 
+def policy(row: dict) -> str:
+    """A row's inference policy as a column name: ``whole``, or ``tile T`` (``tile T/O`` when
+    the overlap O is not the engine's default 32)."""
+    if row["tile"] == "whole":
+        return "whole"
+    overlap = row.get("overlap", 32)
+    return f"tile {row['tile']}" + ("" if overlap == 32 else f"/{overlap}")
+
+
 def markdown(document: dict) -> str:
-    """One table per model: PSNR per quality and policy, and whole minus the best tiling."""
+    """One table per model: PSNR per quality and policy, whole minus the best tiling, and the
+    seconds each policy took over all qualities."""
     kind = "that were never JPEGs " if document.get("never_jpeg") else ""
     lines = [f"Held-out training images {kind}({len(document['images'])}), {document['cpu']} ({document['isa']}), "
              f"{document['threads']} thread(s), precision {document['precision']}.", ""]  # fmt: skip
     for name in dict.fromkeys(r["model"] for r in document["results"]):
         rows = [r for r in document["results"] if r["model"] == name]
-        tiles = list(dict.fromkeys(str(r["tile"]) for r in rows))
-        lines += [f"### {name}", "", "| QF | JPEG | " + " | ".join(f"tile {t}" if t != "whole" else "whole" for t in tiles) + " | whole - best tile |",
-                  "|---:|---:|" + "---:|" * (len(tiles) + 1)]  # fmt: skip
+        policies = list(dict.fromkeys(policy(r) for r in rows))
+        lines += [f"### {name}", "", "| QF | JPEG | " + " | ".join(policies) + " | whole - best tile |",
+                  "|---:|---:|" + "---:|" * (len(policies) + 1)]  # fmt: skip
         for qf in dict.fromkeys(r["quality"] for r in rows):
-            by_tile = {str(r["tile"]): r["psnr"] for r in rows if r["quality"] == qf}
+            by_policy = {policy(r): r["psnr"] for r in rows if r["quality"] == qf}
             jpeg_psnr = next(r["psnr_jpeg"] for r in rows if r["quality"] == qf)
-            tiled = [v for t, v in by_tile.items() if t != "whole"]
-            delta = f"{by_tile['whole'] - max(tiled):+.3f}" if "whole" in by_tile and tiled else ""
-            lines.append(f"| {qf} | {jpeg_psnr:.3f} | " + " | ".join(f"{by_tile[t]:.3f}" for t in tiles) + f" | {delta} |")
-        lines.append("")
+            tiled = [v for p, v in by_policy.items() if p != "whole"]
+            delta = f"{by_policy['whole'] - max(tiled):+.3f}" if "whole" in by_policy and tiled else ""
+            lines.append(f"| {qf} | {jpeg_psnr:.3f} | " + " | ".join(f"{by_policy[p]:.3f}" for p in policies) + f" | {delta} |")
+        seconds = {p: sum(r["seconds"] for r in rows if policy(r) == p) for p in policies}
+        lines += ["| seconds | | " + " | ".join(f"{s:.0f}" for s in seconds.values()) + " | |", ""]
     return "\n".join(lines)
 
 

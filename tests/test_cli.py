@@ -102,7 +102,11 @@ def test_models_prints_a_table(two_models, capsys) -> None:
     assert header.split()[:4] == ["model", "channels", "quality", "params"]
     count = two_models["parameters"]
     assert a.split()[:5] == ["tiny-a", "3", "(RGB)", "5-95", f"{count['tiny-a'] / 1e6:.2f}M"]
-    assert "120 steps x 4 x 64px, 3 min" in a and "30.12 dB (JPEG 29.00), LIVE1_color" in a and a.endswith("tiles of 64")
+    assert (
+        "120 steps x 4 x 64px, 3 min" in a
+        and "30.12 dB (JPEG 29.00), LIVE1_color" in a
+        and a.endswith("tiles of 64 (overlap 32)")
+    )
     assert b.split()[:5] == ["tiny-b", "1", "(grey)", "-", f"{count['tiny-b'] / 1e6:.2f}M"] and b.endswith("whole images")
     assert not any("absent" in line for line in lines)
     # Columns line up: each header word starts where its cells start.
@@ -180,7 +184,8 @@ def test_every_help_states_the_defaults(command: str) -> None:
 def test_defaults_shown_are_the_parsed_values() -> None:
     restore = _option_entries(build_parser()._subparsers._group_actions[0].choices["restore"].format_help())
     args = build_parser().parse_args(["restore", "x.jpg"])
-    assert f"(default: {args.overlap})" in restore["--overlap"] and f"(default: {args.strength})" in restore["--strength"]
+    assert f"(default: {args.strength})" in restore["--strength"]
+    assert "(default: auto)" in restore["--overlap"] and args.overlap is None  # auto: the card's
     assert f"(default: {args.output})" in restore["-o"] and args.output == "results"
 
 

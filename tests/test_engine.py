@@ -16,6 +16,7 @@ from helpers import tiny_model
 
 import d2lnet.device
 import d2lnet.engine
+from d2lnet.cards import DEFAULT_OVERLAP, ModelCard
 from d2lnet.engine import FALLBACK_TILE, Restorer, blend_ramp, is_out_of_memory, tile_layout
 from d2lnet.model import D2LNetConfig
 
@@ -56,11 +57,17 @@ def pointwise_reference(image: np.ndarray) -> np.ndarray:
 
 def test_tile_layout_hand_computed() -> None:
     # Tiles of 8 overlapping by 4 step by 4; enough of them to cover the side, padded to fit.
-    assert tile_layout(20, 8, 4) == ([0, 4, 8, 12], 20)
-    assert tile_layout(21, 8, 4) == ([0, 4, 8, 12, 16], 24)
-    assert tile_layout(5, 8, 4) == ([0], 8)
-    assert tile_layout(1000, 256, 32) == ([0, 224, 448, 672, 896], 1152)
-    assert tile_layout(256, 256, 32) == ([0], 256)
+    assert tile_layout(20, 8, 4, align=4) == ([0, 4, 8, 12], 8, 20)
+    assert tile_layout(21, 8, 4, align=4) == ([0, 4, 8, 12, 16], 8, 24)
+    assert tile_layout(5, 8, 4) == ([0], 8, 8)
+    assert tile_layout(256, 256, 32) == ([0], 256, 256)
+    # Five tiles of at most 256 cover 1000 pixels; each needs (1000 + 4 * 32) / 5 = 225.6, so 232.
+    assert tile_layout(1000, 256, 32) == ([0, 200, 400, 600, 800], 232, 1032)
+    # Two tiles of at most 96 cover 100 pixels: (100 + 32) / 2 = 66, so 72 each, not 96.
+    assert tile_layout(100, 96, 32) == ([0, 40], 72, 112)
+    # A side shorter than the tile is one tile, rounded up to the grid.
+    assert tile_layout(90, 96, 32) == ([0], 96, 96)
+    assert tile_layout(50, 96, 32) == ([0], 56, 56)
 
 
 def test_blend_ramp_hand_computed() -> None:
@@ -73,18 +80,20 @@ def test_blend_ramp_hand_computed() -> None:
 
 @pytest.mark.parametrize("size, tile, overlap", [(45, 16, 8), (61, 16, 8), (100, 32, 16), (300, 64, 32)])
 def test_blend_weights_sum_to_one(size: int, tile: int, overlap: int) -> None:
-    starts, padded = tile_layout(size, tile, overlap)
+    starts, side, padded = tile_layout(size, tile, overlap)
+    assert side <= tile and padded >= size and padded - size < 8 * len(starts)
     total = np.zeros(padded)
     for s in starts:
-        total[s : s + tile] += blend_ramp(tile, overlap, s > 0, s + tile < padded).numpy()
+        total[s : s + side] += blend_ramp(side, overlap, s > 0, s + side < padded).numpy()
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
     assert all(s % 8 == 0 for s in starts)  # on the JPEG grid
 
 
-def test_tiled_matches_pointwise_reference(rgb_image: np.ndarray) -> None:
+@pytest.mark.parametrize("tile, shape", [(16, (16, 16)), (40, (32, 40))])  # 45x61: 2 rows of 32, 2 columns of 40
+def test_tiled_matches_pointwise_reference(rgb_image: np.ndarray, tile: int, shape: tuple[int, int]) -> None:
     model = PointwiseModel()
-    restored = Restorer(model, "cpu", tile=16, overlap=8, tile_batch=3).restore(rgb_image)
-    assert len(model.calls) > 1 and all(shape[-2:] == (16, 16) for shape in model.calls)
+    restored = Restorer(model, "cpu", tile=tile, overlap=8, tile_batch=3).restore(rgb_image)
+    assert len(model.calls) > 1 and all(s[-2:] == shape for s in model.calls)
     np.testing.assert_array_equal(restored, pointwise_reference(rgb_image))
 
 
@@ -101,7 +110,8 @@ def test_whole_image_out_of_memory_falls_back_to_tiles() -> None:
     model = PointwiseModel(max_side=64)
     restored = Restorer(model, "cpu", tile=None, overlap=8).restore(image)
     assert model.calls[0][-2:] == (100, 90)  # tried whole first
-    assert all(shape[-2:] == (64, 64) for shape in model.calls[1:])  # then FALLBACK_TILE halved to fit
+    # then FALLBACK_TILE halved to fit: tiles of at most 64, two per side, (100 + 8) / 2 -> 56
+    assert all(shape[-2:] == (56, 56) for shape in model.calls[1:])
     np.testing.assert_array_equal(restored, pointwise_reference(image))
 
 
@@ -129,6 +139,16 @@ def test_auto_tile_follows_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(d2lnet.engine, "available_memory", lambda device: 0)
     assert restorer.tile_for(1000, 1000) == FALLBACK_TILE
     assert restorer.tile_for(100, 100) is None  # smaller than one tile: whole anyway
+
+
+def test_overlap_defaults_to_the_model_cards() -> None:
+    model = PointwiseModel()
+    assert Restorer(model, "cpu", tile=64).overlap == DEFAULT_OVERLAP == 32  # no card
+    model.card = ModelCard(name="m", inference={"tile": 64, "overlap": 16})
+    assert Restorer(model, "cpu", tile="auto").overlap == 16
+    assert Restorer(model, "cpu", tile="auto", overlap=8).overlap == 8  # asked for: kept
+    model.card = ModelCard(name="m", inference={"tile": 64})
+    assert Restorer(model, "cpu", tile="auto").overlap == 32
 
 
 def test_restorer_validates_arguments() -> None:

@@ -165,6 +165,7 @@ def test_metadata_and_signature(exported: dict) -> None:
     assert meta["name"] == "tiny-busy"
     assert meta["channels"] == "3" and meta["layout"] == "NCHW" and meta["stride"] == "4"
     assert meta["quality_unknown"].startswith("0 ")
+    assert meta["tile"] == "" and meta["overlap"] == "32"  # no card: whole images, the default overlap
     inputs = {i.name: i.shape for i in session.get_inputs()}
     assert inputs["image"] == ["batch", 3, "height", "width"]
     assert inputs["quality"] == ["quality_batch"]

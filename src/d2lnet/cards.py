@@ -29,6 +29,9 @@ DEFAULT_COLOR = "d2lnet-s-color"
 DEFAULT_GRAY = "d2lnet-s-gray"
 
 
+DEFAULT_OVERLAP = 32  # tile overlap for cards that do not record one (measured on release 1)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What a weights file says about its model (timm's ``PretrainedCfg`` plays this part there).
@@ -39,7 +42,8 @@ class ModelCard:
         channels: 3 for RGB, 1 for grey (BT.601 Y) images.
         quality_range: ``[low, high]``, the JPEG quality factors it was trained on.
         inference: defaults for running it; ``tile``: the tile side that ``--tile auto`` uses
-            (None or absent: whole images).
+            (None or absent: whole images); ``overlap``: how far neighbouring tiles overlap
+            (absent: :data:`DEFAULT_OVERLAP`).
         training_data: the training images (folders, counts, what was held out).
         training: the budget and recipe (steps, batch, crops, time, device, cumulative totals).
         scores: validation and benchmark scores.
@@ -62,6 +66,12 @@ class ModelCard:
     def tile(self) -> int | None:
         """The tile side the model runs best on (its training crop), or None for whole images."""
         return self.inference.get("tile")
+
+    @property
+    def overlap(self) -> int:
+        """How many pixels neighbouring tiles overlap, measured per model: the least that
+        loses nothing against larger overlaps (``benchmarks/size_robustness.py --overlap``)."""
+        return self.inference.get("overlap", DEFAULT_OVERLAP)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -170,7 +180,7 @@ def table(listings: list[Listing]) -> str:
             f"{listing.parameters / 1e6:.2f}M",
             _budget(card.training),
             _validation(card.scores),
-            f"tiles of {card.tile}" if card.tile else "whole images",
+            f"tiles of {card.tile} (overlap {card.overlap})" if card.tile else "whole images",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

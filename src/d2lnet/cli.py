@@ -50,7 +50,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-t", "--tile", default="auto", metavar="auto|0|N",
                    help="tile size in pixels (multiple of 8), 0 for whole images, or auto (whole images while "
                    "memory allows); a whole image that runs out of memory is retried in tiles")  # fmt: skip
-    p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (multiple of 8)")
+    p.add_argument("--overlap", type=_overlap, default="auto", metavar="auto|N",
+                   help="overlap between tiles in pixels (multiple of 8), or auto: the one the model card records")  # fmt: skip
     p.add_argument("--ext", default=None, choices=["png", "webp", "jpg", "auto"],
                    help="output format for an output folder (default: png): png and webp are lossless (webp stores "
                    "grey as RGB), jpg is quality 95 with 4:4:4 chroma and drops alpha; auto keeps each input's "
@@ -89,6 +90,15 @@ def _run_restore(args: argparse.Namespace) -> int:
 def _add_fp32(p: argparse.ArgumentParser) -> None:
     """``--fp32``: Real-ESRGAN's spelling of ``--precision fp32``."""
     p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="the same as --precision fp32")
+
+
+def _overlap(text: str) -> int | None:
+    """``--overlap``: a non-negative multiple of 8, or ``auto`` (None: the model card's)."""
+    if text == "auto":
+        return None
+    if not (text.isdigit() and int(text) % 8 == 0):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a non-negative multiple of 8, got {text!r}")
+    return int(text)
 
 
 def _fraction(text: str) -> float:

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from d2lnet.cards import DEFAULT_OVERLAP
 from d2lnet.device import Compiled, Precision, autocast, available_memory, resolve_device, resolve_precision
 from d2lnet.images import to_image, to_tensor
 from d2lnet.jpeg import BLOCK as JPEG_BLOCK
@@ -29,12 +30,20 @@ from d2lnet.model import D2LNet
 TileSpec = int | None | Literal["auto"]  # pixels, whole images, or chosen per image by auto_tile
 
 
-def tile_layout(size: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Start offsets of tiles of ``tile`` pixels overlapping by ``overlap`` along one side of
-    ``size`` pixels, and the padded size they cover. Every start is a multiple of ``tile - overlap``."""
-    step = tile - overlap
-    count = max(1, math.ceil((size - overlap) / step))
-    return [i * step for i in range(count)], (count - 1) * step + tile
+def tile_layout(size: int, tile: int, overlap: int, align: int = JPEG_BLOCK) -> tuple[list[int], int, int]:
+    """Tiles along one side of ``size`` pixels: their start offsets, their common side, and the
+    padded size they cover.
+
+    As few tiles as tiles of at most ``tile`` pixels overlapping by ``overlap`` need, each then
+    shrunk to the smallest multiple of ``align`` that still covers the side, so that no tile
+    computes padding it could do without (five tiles of 256 over 1000 pixels would cover 1152;
+    five of 232 cover 1032). Starts are multiples of ``side - overlap``, hence of ``align`` when
+    ``overlap`` is one.
+    """
+    count = max(1, math.ceil((size - overlap) / (tile - overlap)))
+    side = min(tile, align * math.ceil((size + (count - 1) * overlap) / (count * align)))
+    step = side - overlap
+    return [i * step for i in range(count)], side, (count - 1) * step + side
 
 
 def blend_ramp(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
@@ -92,7 +101,8 @@ class Restorer:
         tile: tile side in pixels (a multiple of 8), None for the whole image at once, or
             ``"auto"`` to choose per image with :func:`auto_tile`. A whole image that runs out
             of memory is restored again in tiles.
-        overlap: overlap between neighbouring tiles (a multiple of 8).
+        overlap: overlap between neighbouring tiles (a multiple of 8); None: the one the model's
+            card records (:attr:`d2lnet.cards.ModelCard.overlap`), else ``DEFAULT_OVERLAP``.
         tile_batch: how many tiles go through the network together.
         tta: average the restorations of the 8 flips and rotations of the image (a self-ensemble,
             8 times the work; see :func:`self_ensemble`).
@@ -109,13 +119,16 @@ class Restorer:
         device: str | torch.device = "auto",
         precision: Precision = "auto",
         tile: TileSpec = None,
-        overlap: int = 32,
+        overlap: int | None = None,
         tile_batch: int = 4,
         tta: bool = False,
         compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
+        if overlap is None:
+            card = getattr(model, "card", None)  # set by load_model
+            overlap = card.overlap if card is not None else DEFAULT_OVERLAP
         if isinstance(tile, int):
             if tile % JPEG_BLOCK or tile % model.config.stride or tile <= 0:
                 raise ValueError(f"tile must be a positive multiple of {max(JPEG_BLOCK, model.config.stride)}, got {tile}")
@@ -165,7 +178,7 @@ class Restorer:
         if tile is None:
             count = 1
         else:
-            count = len(tile_layout(height, tile, self.overlap)[0]) * len(tile_layout(width, tile, self.overlap)[0])
+            count = len(self._layout(height, tile)[0]) * len(self._layout(width, tile)[0])
         return count * (len(DIHEDRAL) if self.tta else 1)
 
     @torch.inference_mode()
@@ -196,27 +209,30 @@ class Restorer:
             torch.cuda.empty_cache()
         return self._restore_tiled(x, quality, tile)
 
+    def _layout(self, size: int, tile: int) -> tuple[list[int], int, int]:
+        return tile_layout(size, tile, self.overlap, math.lcm(JPEG_BLOCK, self.model.config.stride))
+
     def _restore_tiled(self, x: torch.Tensor, quality: int | None, tile: int) -> torch.Tensor:
         _, c, h, w = x.shape
         overlap = self.overlap
-        rows, padded_h = tile_layout(h, tile, overlap)
-        cols, padded_w = tile_layout(w, tile, overlap)
+        rows, tile_h, padded_h = self._layout(h, tile)
+        cols, tile_w, padded_w = self._layout(w, tile)
         x = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h), mode="replicate")
         out = torch.zeros(1, c, padded_h, padded_w)
         weight = torch.zeros(1, 1, padded_h, padded_w)
         boxes = [(top, left) for top in rows for left in cols]
         for i in range(0, len(boxes), self.tile_batch):
             batch = boxes[i : i + self.tile_batch]
-            tiles = torch.cat([x[..., top : top + tile, left : left + tile] for top, left in batch])
+            tiles = torch.cat([x[..., top : top + tile_h, left : left + tile_w] for top, left in batch])
             restored = self._forward(tiles, quality).cpu()
             if self.on_tiles is not None:
                 self.on_tiles(len(batch))
             for (top, left), y in zip(batch, restored):
-                wy = blend_ramp(tile, overlap, top > 0, top + tile < padded_h)
-                wx = blend_ramp(tile, overlap, left > 0, left + tile < padded_w)
+                wy = blend_ramp(tile_h, overlap, top > 0, top + tile_h < padded_h)
+                wx = blend_ramp(tile_w, overlap, left > 0, left + tile_w < padded_w)
                 wt = wy[:, None] * wx[None, :]
-                out[0, :, top : top + tile, left : left + tile] += y * wt
-                weight[0, 0, top : top + tile, left : left + tile] += wt
+                out[0, :, top : top + tile_h, left : left + tile_w] += y * wt
+                weight[0, 0, top : top + tile_h, left : left + tile_w] += wt
         return (out / weight)[..., :h, :w]
 
     def restore(self, image: np.ndarray, quality: int | None = None, strength: float = 1.0) -> np.ndarray:

@@ -13,8 +13,8 @@ The exported graph (opset 20, float32, NCHW) restores images of any size:
 * output ``restored``: float32 (B, C, H, W), clamped to [0, 1].
 
 The file's metadata (``metadata_props``) records all of this, plus the model's name, its
-configuration and model card, and the tile size its card recommends (hosts that tile should use
-it, with the engine's 32-pixel overlap).
+configuration and model card, and the tile size and overlap its card recommends (hosts that
+tile should use them).
 
 Three things stood between the network and a graph that runs at any size; none is in its
 arithmetic, so the export changes nothing of what it computes (tested equal in PyTorch, in float64):
@@ -68,6 +68,7 @@ from torch.overrides import TorchFunctionMode
 
 from d2lnet import __version__
 from d2lnet.atomic import atomic_write
+from d2lnet.cards import DEFAULT_OVERLAP
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.model import D2LNet
 
@@ -192,6 +193,7 @@ def onnx_metadata(model: D2LNet, name: str) -> dict[str, str]:
     config, s = model.config, model.config.stride
     card = getattr(model, "card", None)
     tile = card.tile if card is not None else None
+    overlap = card.overlap if card is not None else DEFAULT_OVERLAP
     return {
         "name": name,
         "producer": f"d2lnet {__version__}",
@@ -207,7 +209,8 @@ def onnx_metadata(model: D2LNet, name: str) -> dict[str, str]:
         + ("" if config.quality_conditioning else " (ignored: this model is not quality-conditioned)"),
         "quality_unknown": f"{UNKNOWN_QUALITY:g} (any value <= 0, or NaN, means unknown quality)",
         "tile": "" if tile is None else str(tile),
-        "tile_note": "the tile size (with a 32-pixel overlap) that d2lnet's engine uses for this model; empty: whole images",
+        "overlap": str(overlap),
+        "tile_note": "the tile size and overlap that d2lnet's engine uses for this model; empty tile: whole images",
         "config": json.dumps(config.to_dict()),
         "card": json.dumps(card.to_dict()) if card is not None else "{}",
     }

@@ -181,7 +181,14 @@ class _Restorers:
     """The run's engines by model, each model loaded once, on first use."""
 
     def __init__(
-        self, model: str | None, device: str, precision: Precision, tile: TileSpec, overlap: int, tta: bool, compile: bool = False
+        self,
+        model: str | None,
+        device: str,
+        precision: Precision,
+        tile: TileSpec,
+        overlap: int | None,
+        tta: bool,
+        compile: bool = False,  # fmt: skip
     ) -> None:
         self.model, self.device, self.precision, self.tile, self.overlap, self.tta = model, device, precision, tile, overlap, tta
         self.compile = compile
