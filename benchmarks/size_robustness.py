@@ -20,6 +20,7 @@ import torch
 from common import cpu_isa, cpu_name, held_out_images, write_results
 
 from d2lnet import jpeg, metrics
+from d2lnet.cards import DEFAULT_OVERLAP
 from d2lnet.engine import Restorer
 from d2lnet.pretrained import load_model
 
@@ -67,11 +68,11 @@ def main() -> None:
 
 def policy(row: dict) -> str:
     """A row's inference policy as a column name: ``whole``, or ``tile T`` (``tile T/O`` when
-    the overlap O is not the engine's default 32)."""
+    the overlap O is not the default, DEFAULT_OVERLAP)."""
     if row["tile"] == "whole":
         return "whole"
-    overlap = row.get("overlap", 32)
-    return f"tile {row['tile']}" + ("" if overlap == 32 else f"/{overlap}")
+    overlap = row.get("overlap", DEFAULT_OVERLAP)
+    return f"tile {row['tile']}" + ("" if overlap == DEFAULT_OVERLAP else f"/{overlap}")
 
 
 def markdown(document: dict) -> str:

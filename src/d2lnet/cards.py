@@ -86,6 +86,13 @@ class ModelCard:
         return cls(**{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known})
 
 
+def overlap_for(model: object) -> int:
+    """The tile overlap of ``model``'s card (which :func:`d2lnet.pretrained.load_model` sets as
+    ``model.card``), or :data:`DEFAULT_OVERLAP` for a model without one."""
+    card = getattr(model, "card", None)
+    return card.overlap if card is not None else DEFAULT_OVERLAP
+
+
 @dataclass(frozen=True)
 class Listing:
     """A release file as ``d2lnet models`` lists it: its card, its parameter count and where it is."""

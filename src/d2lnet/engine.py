@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from d2lnet.cards import DEFAULT_OVERLAP
+from d2lnet.cards import overlap_for
 from d2lnet.device import Compiled, Precision, autocast, available_memory, resolve_device, resolve_precision
 from d2lnet.images import to_image, to_tensor
 from d2lnet.jpeg import BLOCK as JPEG_BLOCK
@@ -102,7 +102,7 @@ class Restorer:
             ``"auto"`` to choose per image with :func:`auto_tile`. A whole image that runs out
             of memory is restored again in tiles.
         overlap: overlap between neighbouring tiles (a multiple of 8); None: the one the model's
-            card records (:attr:`d2lnet.cards.ModelCard.overlap`), else ``DEFAULT_OVERLAP``.
+            card records (:func:`d2lnet.cards.overlap_for`).
         tile_batch: how many tiles go through the network together.
         tta: average the restorations of the 8 flips and rotations of the image (a self-ensemble,
             8 times the work; see :func:`self_ensemble`).
@@ -127,8 +127,7 @@ class Restorer:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
         if overlap is None:
-            card = getattr(model, "card", None)  # set by load_model
-            overlap = card.overlap if card is not None else DEFAULT_OVERLAP
+            overlap = overlap_for(model)
         if isinstance(tile, int):
             if tile % JPEG_BLOCK or tile % model.config.stride or tile <= 0:
                 raise ValueError(f"tile must be a positive multiple of {max(JPEG_BLOCK, model.config.stride)}, got {tile}")

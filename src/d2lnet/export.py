@@ -68,7 +68,7 @@ from torch.overrides import TorchFunctionMode
 
 from d2lnet import __version__
 from d2lnet.atomic import atomic_write
-from d2lnet.cards import DEFAULT_OVERLAP
+from d2lnet.cards import overlap_for
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.model import D2LNet
 
@@ -193,7 +193,6 @@ def onnx_metadata(model: D2LNet, name: str) -> dict[str, str]:
     config, s = model.config, model.config.stride
     card = getattr(model, "card", None)
     tile = card.tile if card is not None else None
-    overlap = card.overlap if card is not None else DEFAULT_OVERLAP
     return {
         "name": name,
         "producer": f"d2lnet {__version__}",
@@ -209,7 +208,7 @@ def onnx_metadata(model: D2LNet, name: str) -> dict[str, str]:
         + ("" if config.quality_conditioning else " (ignored: this model is not quality-conditioned)"),
         "quality_unknown": f"{UNKNOWN_QUALITY:g} (any value <= 0, or NaN, means unknown quality)",
         "tile": "" if tile is None else str(tile),
-        "overlap": str(overlap),
+        "overlap": str(overlap_for(model)),
         "tile_note": "the tile size and overlap that d2lnet's engine uses for this model; empty tile: whole images",
         "config": json.dumps(config.to_dict()),
         "card": json.dumps(card.to_dict()) if card is not None else "{}",

@@ -188,7 +188,7 @@ class _Restorers:
         tile: TileSpec,
         overlap: int | None,
         tta: bool,
-        compile: bool = False,  # fmt: skip
+        compile: bool = False,
     ) -> None:
         self.model, self.device, self.precision, self.tile, self.overlap, self.tta = model, device, precision, tile, overlap, tta
         self.compile = compile
