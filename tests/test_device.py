@@ -1,36 +1,11 @@
-"""The machine (d2lnet.device): CPU thread defaults, one per idle CPU, read from /proc/stat; compilation with a fallback."""
+"""The machine (d2lnet.device): CPU thread counts (their defaults: tests/test_cpuload.py); compilation with a fallback."""
 
 from __future__ import annotations
-
-import io
 
 import pytest
 import torch
 
 from d2lnet import device
-
-
-def _fake_stat(monkeypatch, samples: list[str]) -> None:
-    lines = iter(samples)
-    monkeypatch.setattr(device, "open", lambda path: io.StringIO(next(lines)), raising=False)
-    monkeypatch.setattr(device.time, "sleep", lambda s: None)
-    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1})
-
-
-def test_one_busy_core_of_two_leaves_one_thread(monkeypatch):
-    # user nice system idle iowait irq softirq steal: 200 jiffies pass, 100 of them idle.
-    _fake_stat(monkeypatch, ["cpu 1000 0 0 5000 0 0 0 0 0 0\n", "cpu 1100 0 0 5100 0 0 0 0 0 0\n"])
-    assert device.idle_cpus() == pytest.approx(1.0)
-    _fake_stat(monkeypatch, ["cpu 1000 0 0 5000 0 0 0 0 0 0\n", "cpu 1100 0 0 5100 0 0 0 0 0 0\n"])
-    assert device.default_threads() == 1
-
-
-def test_an_idle_machine_gets_every_core_and_a_busy_one_still_gets_one(monkeypatch):
-    _fake_stat(monkeypatch, ["cpu 0 0 0 0 0 0 0 0 0 0\n", "cpu 0 0 0 190 10 0 0 0 0 0\n"])
-    assert device.default_threads() == 2
-    _fake_stat(monkeypatch, ["cpu 0 0 0 0 0 0 0 0 0 0\n", "cpu 150 0 50 0 0 0 0 0 0 0\n"])
-    assert device.default_threads() == 1
 
 
 def test_set_threads_obeys_an_explicit_count_and_refuses_zero():

@@ -287,9 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``d2lnet ARGV``; returns the exit status. Errors that the commands expect
     (:class:`d2lnet.errors.CommandError`) are printed in one line, without a traceback."""
+    from d2lnet.cpuload import read_clock
     from d2lnet.errors import CommandError
 
+    # Before PyTorch is imported: restore and eval measure the other processes' CPU load over
+    # their start-up to choose their threads (d2lnet.cpuload), instead of waiting to measure it.
+    started = read_clock()
     args = build_parser().parse_args(argv)
+    args.cpu_clock = started
     try:
         return args.func(args)
     except CommandError as error:

@@ -21,6 +21,8 @@ from typing import Literal
 
 import torch
 
+from d2lnet.cpuload import CpuClock, idle_cpus
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,42 +151,23 @@ def join_process_group(launch: Launch, device: torch.device) -> None:
 # --------------------------------------------------------------------------- CPU threads
 
 
-def idle_cpus(interval: float = 0.2) -> float:
-    """How many of this process's CPUs were idle over the last ``interval`` seconds (from
-    /proc/stat: their idle time over the elapsed time); all of them where that is not known."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-    def times() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return values[3] + values[4], sum(values[:8])  # idle + iowait, total (without guest time)
-
-    try:
-        idle0, total0 = times()
-        time.sleep(interval)
-        idle1, total1 = times()
-    except (OSError, ValueError, IndexError):
-        return float(usable)
-    machine = os.cpu_count() or usable
-    return min(usable, machine * (idle1 - idle0) / max(total1 - total0, 1))
-
-
-def default_threads() -> int:
-    """The CPU threads to use when none are asked for: the CPUs that are idle now, at least one.
+def default_threads(since: CpuClock | None = None) -> int:
+    """The CPU threads to use when none are asked for: the CPUs that other processes left idle
+    since the reading ``since`` (:func:`d2lnet.cpuload.idle_cpus`), at least one.
 
     PyTorch's default is every core, and every operator waits for its slowest thread: where
     another process keeps a core busy, that thread runs at a fraction of its share and the
     whole forward pass slows down many times (6.5x was measured on 2 cores with one busy),
     while one thread per idle core loses nothing.
     """
-    return max(1, int(idle_cpus() + 0.5))
+    return max(1, int(idle_cpus(since) + 0.5))
 
 
-def set_threads(threads: int | None) -> int:
-    """Use ``threads`` CPU threads (None: :func:`default_threads`); returns the number set."""
+def set_threads(threads: int | None, since: CpuClock | None = None) -> int:
+    """Use ``threads`` CPU threads (None: :func:`default_threads` since ``since``); returns the number set."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    threads = threads or default_threads()
+    threads = threads or default_threads(since)
     torch.set_num_threads(threads)
     return threads
 

@@ -271,7 +271,7 @@ def run_cli(args: argparse.Namespace) -> int:
     restorers = _Restorers(args.model, process.device(args.device), args.precision, tile, args.overlap, args.tta, args.compile)
     if args.model is not None:
         restorers.get(gray=False)  # load it now: a bad --model fails before any file
-    set_threads(args.threads)
+    set_threads(args.threads, since=args.cpu_clock)
     # Pillow's decompression-bomb limit is the process's; this command owns the process.
     Image.MAX_IMAGE_PIXELS = int(args.max_megapixels * 1_000_000)
 

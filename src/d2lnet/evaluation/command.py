@@ -49,7 +49,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """``d2lnet eval`` (arguments declared in :mod:`d2lnet.cli`). Problems with the request or the
     data raise :class:`~d2lnet.evaluation.EvalError`, reported in one line with exit status 2."""
     try:
-        set_threads(args.threads)
+        set_threads(args.threads, since=args.cpu_clock)
         device = resolve_device(args.device)
         tile = parse_tile(args.tile)
     except ValueError as error:
