@@ -37,6 +37,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".jpg": "JPEG", ".jpeg": "JPEG"}
 SUPPORTED_MODES = ("L", "LA", "RGB", "RGBA")
 JPEG_OUTPUT_QUALITY = 95
+PNG_COMPRESS_LEVEL = 3  # zlib's speed/size trade-off for PNG outputs (see _save_options)
 _EXIF_ORIENTATION = 0x0112
 _JPEG_MAX_EXIF = 65533  # an APP1 segment's payload limit
 
@@ -333,7 +334,9 @@ def _save_options(image: Image.Image, fmt: str, icc_profile: bytes | None, exif:
         # Lossless, so that saving adds no new artifacts; exact keeps the colour under transparent pixels.
         options = {"lossless": True, "exact": True}
     else:
-        options = {}
+        # zlib level 3, not Pillow's 6: half the time (0.34 s against 0.70 s for 8 LIVE1 and 3
+        # Classic5 images) for files 2% larger; on restored photos, often smaller.
+        options = {"compress_level": PNG_COMPRESS_LEVEL}
     if icc_profile:
         options["icc_profile"] = icc_profile
     if exif:

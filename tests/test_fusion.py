@@ -1,0 +1,88 @@
+"""Inference with fused convolution + activation (d2lnet.fusion) computes what the plain modules compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from d2lnet.engine import Restorer
+from d2lnet.fusion import ConvActivation, _fused_op_available, fuse_activations
+from d2lnet.model import build
+
+needs_onednn = pytest.mark.skipif(not _fused_op_available(), reason="this PyTorch has no oneDNN fused convolution")
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", [nn.LeakyReLU(0.2), nn.ReLU()], ids=["leaky_relu", "relu"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_convolution_is_the_convolution_then_the_activation(activation, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    x = torch.randn(2, 6, 12, 20)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    # The reference, written out: the convolution, then max(y, 0) + slope * min(y, 0).
+    y = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    slope = getattr(activation, "negative_slope", 0.0)
+    expected = y.clamp(min=0) + slope * y.clamp(max=0)
+    with torch.inference_mode():
+        fused = ConvActivation(conv, activation)(x)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert (fused < 0).any() == (slope > 0)
+
+
+@needs_onednn
+def test_the_fused_path_is_the_one_taken_in_inference(monkeypatch):
+    conv = ConvActivation(nn.Conv2d(2, 2, 3, padding=1), nn.LeakyReLU(0.2))
+    monkeypatch.setattr(conv.activation, "forward", lambda y: pytest.fail("the activation ran as a separate call"))
+    with torch.inference_mode():
+        conv(torch.randn(1, 2, 8, 8))
+
+
+def test_fused_model_matches_the_model_in_float32_and_keeps_training_unfused():
+    torch.manual_seed(0)
+    model = build("d2lnet-xs").eval()
+    with torch.no_grad():  # image-producing convs away from zero, so every stage shows in the output
+        for conv in (model.sam.to_image, model.refine[-1], model.refine_out[-1]):
+            conv.weight.normal_(0, 0.1)
+    fused = fuse_activations(model)
+    assert sum(isinstance(m, ConvActivation) for m in fused.modules()) > 0
+    assert not any(isinstance(m, ConvActivation) for m in model.modules())  # the model itself is left as it is
+    x = torch.rand(2, 3, 24, 40)
+    with torch.inference_mode():
+        for a, b in zip(fused(x, 30.0), model(x, 30.0)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # With autograd, the plain modules run and the gradients are the model's.
+    grads = [torch.autograd.grad(net(x, 30.0).out2.square().sum(), net.project1[0].weight)[0] for net in (fused, model)]
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_fused_model_shares_the_weights():
+    model = build("d2lnet-xs").eval()
+    fused = fuse_activations(model)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        model.refine_out[-1].weight.normal_(0, 0.1)  # changed after fusing
+        model.stage1.encoder[0].spatial[0].weight.mul_(2)
+        torch.testing.assert_close(fused(x).out2, model(x).out2, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_fused_model_under_bf16_autocast_stays_close():
+    torch.manual_seed(0)
+    model = build("d2lnet-xs").eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for conv in (model.sam.to_image, model.refine[-1], model.refine_out[-1]):
+            conv.weight.normal_(0, 0.1)
+    x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        fused, plain = fuse_activations(model)(x, 30.0).out2.float(), model(x, 30.0).out2.float()
+    assert (fused - plain).abs().max() < 2e-2  # bf16 rounds once where the plain modules round twice
+
+
+def test_the_restorer_runs_the_fused_model_unless_compiled():
+    model = build("d2lnet-xs")
+    assert any(isinstance(m, ConvActivation) for m in Restorer(model, "cpu").net.modules())
+    assert not any(isinstance(m, ConvActivation) for m in model.modules())
