@@ -1,5 +1,8 @@
 """A d2lnet-s forward pass and training step under several code trees, interleaved; and where the time goes.
 
+The forward pass is the engine's: with convolutions fused with their activations where the tree
+has :mod:`d2lnet.fusion`.
+
 Each variant is ``NAME=SRC``: the package under SRC (for the previous commit,
 ``git archive HEAD src | tar -x -C /tmp/old``). Every measurement runs in a fresh process with
 that tree first on the path, the variants taking turns, so that a change in the machine's load
@@ -34,6 +37,13 @@ def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> di
     torch.manual_seed(0)
     model = build("d2lnet-s").to(memory_format=torch.channels_last)
     model.eval() if kind == "forward" else model.train()
+    if kind == "forward":
+        try:  # inference as the engine runs it, in trees that fuse convolutions with their activations
+            from d2lnet.fusion import fuse_activations
+        except ImportError:
+            pass
+        else:
+            model = fuse_activations(model)
     shape = (1, 3, size, size) if kind == "forward" else (4, 3, size, size)
     x = torch.rand(*shape).contiguous(memory_format=torch.channels_last)
     run = (forward_step if kind == "forward" else train_step)(model, x, precision == "bf16")

@@ -29,7 +29,13 @@ from d2lnet.losses import D2LLoss
 from d2lnet.model import DualDomainBlock, build
 
 GROUPS = {  # profiler operator name -> group
-    "convolution": ("conv", "mkldnn_convolution", "convolution_backward", "mkldnn_convolution_backward"),
+    "convolution": (
+        "conv",
+        "mkldnn_convolution",
+        "convolution_backward",
+        "mkldnn_convolution_backward",
+        "mkldnn::_convolution_pointwise",
+    ),
     "fft": ("_fft_r2c", "_fft_c2r", "_fft_c2c"),
     "atan2/cos/sin": ("atan2", "cos", "sin"),
     "copies (dtype, layout)": ("copy_", "_to_copy", "clone", "contiguous"),
