@@ -222,6 +222,9 @@ class Restorer:
         out = torch.zeros(1, c, padded_h, padded_w)
         weight = torch.zeros(1, 1, padded_h, padded_w)
         boxes = [(top, left) for top in rows for left in cols]
+        # Blend weights ramp only at inner edges: one ramp per row and per column of tiles.
+        row_ramps = {top: blend_ramp(tile_h, overlap, top > 0, top + tile_h < padded_h) for top in rows}
+        col_ramps = {left: blend_ramp(tile_w, overlap, left > 0, left + tile_w < padded_w) for left in cols}
         for i in range(0, len(boxes), self.tile_batch):
             batch = boxes[i : i + self.tile_batch]
             tiles = torch.cat([x[..., top : top + tile_h, left : left + tile_w] for top, left in batch])
@@ -229,9 +232,7 @@ class Restorer:
             if self.on_tiles is not None:
                 self.on_tiles(len(batch))
             for (top, left), y in zip(batch, restored):
-                wy = blend_ramp(tile_h, overlap, top > 0, top + tile_h < padded_h)
-                wx = blend_ramp(tile_w, overlap, left > 0, left + tile_w < padded_w)
-                wt = wy[:, None] * wx[None, :]
+                wt = row_ramps[top][:, None] * col_ramps[left][None, :]
                 out[0, :, top : top + tile_h, left : left + tile_w] += y * wt
                 weight[0, 0, top : top + tile_h, left : left + tile_w] += wt
         return (out / weight)[..., :h, :w]
