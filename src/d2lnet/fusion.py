@@ -23,7 +23,12 @@ Activation = nn.LeakyReLU | nn.ReLU
 
 
 def _fused_op_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    """oneDNN's fused convolution, and the per-device autocast queries (PyTorch 2.4+) that cast for it."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and hasattr(torch, "get_autocast_dtype")
+    )
 
 
 class ConvActivation(nn.Module):
