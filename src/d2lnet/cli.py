@@ -60,8 +60,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
                    help="how much of the restoration to apply, from 0 (the input) to 1 (the full restoration): "
                    "input + S * (restored - input), per pixel, before rounding and the projection")  # fmt: skip
     p.add_argument("--compile", action="store_true",
-                   help="run the model through torch.compile: faster per image once compiled, but compiling takes "
-                   "minutes on a small CPU (cached on disk for later runs); pays for many or large images")  # fmt: skip
+                   help="run the model through torch.compile: compiling takes a minute on a small CPU (seconds "
+                   "from its on-disk cache later); on CPUs it is barely faster than the default, which fuses "
+                   "convolutions itself; try it on GPUs or for many large images")  # fmt: skip
     p.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the restorations of the 8 flips and rotations (on the JPEG grid); "
                    "7 times slower, +0.05 dB (QF 10, Classic5 and LIVE1: benchmarks/results/restore_tta_*.md)")  # fmt: skip

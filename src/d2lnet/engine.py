@@ -108,8 +108,9 @@ class Restorer:
         tta: average the restorations of the 8 flips and rotations of the image (a self-ensemble,
             8 times the work; see :func:`self_ensemble`).
         compile: run the model through ``torch.compile`` (:class:`d2lnet.device.Compiled`):
-            faster once compiled, but compiling takes minutes on a small CPU, so it pays for
-            many images or large ones; falls back to eager with a warning if it fails.
+            compiling takes a minute on a small CPU (seconds from Inductor's cache later), and on
+            the CPU it is barely faster than the eager model with its fused convolutions
+            (:mod:`d2lnet.fusion`); falls back to eager with a warning if it fails.
 
     ``on_tiles``, when set, is called with the number of tiles each time a batch of them is done.
     """
