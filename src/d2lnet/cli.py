@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="d2lnet", description="JPEG artifact removal with D2LNet.", formatter_class=_HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"d2lnet {__version__}")
+    parser.set_defaults(cpu_clock=None)  # main() sets it: the CPU load reading taken at start-up
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_restore, _add_eval, _add_train, _add_models, _add_serve, _add_export):
         add(sub)
