@@ -1,7 +1,8 @@
 """A d2lnet-s forward pass and training step under several code trees, interleaved; and where the time goes.
 
 The forward pass is the engine's: with convolutions fused with their activations where the tree
-has :mod:`d2lnet.fusion`.
+has :mod:`d2lnet.fusion`; and each worker keeps freed memory as the commands do where the tree
+has :mod:`d2lnet.allocator`.
 
 Each variant is ``NAME=SRC``: the package under SRC (for the previous commit,
 ``git archive HEAD src | tar -x -C /tmp/old``). Every measurement runs in a fresh process with
@@ -28,6 +29,12 @@ HERE = Path(__file__).resolve().parent
 
 def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> dict:
     """Time ``calls`` calls (after one warm-up) in this process, then profile one."""
+    try:  # as the commands run, in trees that keep freed memory for reuse
+        from d2lnet.allocator import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
     import torch
     from fourier_path import GROUPS, forward_step, profile, train_step
 

@@ -289,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``d2lnet ARGV``; returns the exit status. Errors that the commands expect
     (:class:`d2lnet.errors.CommandError`) are printed in one line, without a traceback."""
+    from d2lnet.allocator import keep_freed_memory
     from d2lnet.cpuload import read_clock
     from d2lnet.errors import CommandError
 
+    keep_freed_memory()  # every command runs networks: reuse freed tensors' pages (d2lnet.allocator)
     # Before PyTorch is imported: restore and eval measure the other processes' CPU load over
     # their start-up to choose their threads (d2lnet.cpuload), instead of waiting to measure it.
     started = read_clock()
