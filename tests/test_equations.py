@@ -96,16 +96,18 @@ def _hand_built_block(block_cls: type[DualDomainBlock], layout: str, c_in: int =
     [(AmplitudeCorrectionBlock, (7, 9)), (AmplitudeCorrectionBlock, (6, 10)), (PhaseCorrectionBlock, (7, 9))],
     ids=["ACB-odd", "ACB-even", "PCB-odd"],
 )
-def test_correction_block_is_eqs_6_to_10(block_cls, size, layout):
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_correction_block_is_eqs_6_to_10(block_cls, size, layout, grad):
     """F_out = SA(F_spa - F_fre) F_spa + F_fre with F_fre = F^-1(Conv(A), P) for an ACB and
     F^-1(A, Conv(P)) for a PCB. (A PCB's phase is taken on odd sizes only: there the DC is the
-    one real coefficient, and its phase 0 is unambiguous; +-pi would be an arbitrary choice.)"""
+    one real coefficient, and its phase 0 is unambiguous; +-pi would be an arbitrary choice.)
+    With and without autograd, which take different paths for speed."""
     block, expected = _hand_built_block(block_cls, layout)
     x = torch.rand(2, 2, *size, dtype=torch.float64)
     conditioned = LAYOUTS[layout][3]
     cond = torch.zeros(2, 4, dtype=torch.float64) if conditioned else None
-    with torch.no_grad():
-        out = block(x, cond)
+    with torch.set_grad_enabled(grad):
+        out = block(x, cond).detach()
     np.testing.assert_allclose(as_numpy(out), expected(as_numpy(x), conditioned), rtol=0, atol=1e-5)
 
 

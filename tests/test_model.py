@@ -129,3 +129,44 @@ def test_half_instance_norm_block_against_numpy():
         for layout in (torch.contiguous_format, torch.channels_last):
             got = block.to(memory_format=layout)(x.contiguous(memory_format=layout))
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_half_instance_norm_gradient_against_finite_differences_and_autograd():
+    """HalfInstanceNorm's hand-written backward: torch.autograd.gradcheck (finite differences, float64)
+    for y, weight and bias, with a large mean so that a cancelling formula would show; and the same
+    gradients as autograd through cat([F.instance_norm(y[:, :half]), y[:, half:]]), channels-last too."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    y = (torch.randn(2, 6, 5, 7, dtype=torch.float64) * 0.5 + 3.0).requires_grad_()
+    weight = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64).requires_grad_()
+    norm = model_module.HalfInstanceNorm.apply
+    assert torch.autograd.gradcheck(lambda *a: norm(*a, 1e-5), (y, weight, bias))
+
+    def reference(y, weight, bias):
+        return torch.cat([F.instance_norm(y[:, :3], weight=weight, bias=bias, eps=1e-5), y[:, 3:]], dim=1)
+
+    grad = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y_l = y.detach().contiguous(memory_format=layout).requires_grad_()
+        got = torch.autograd.grad(norm(y_l, weight, bias, 1e-5), (y_l, weight, bias), grad)
+        expected = torch.autograd.grad(reference(y_l, weight, bias), (y_l, weight, bias), grad)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+def test_half_instance_norm_in_bf16_is_close_to_float64():
+    """On a bf16 channels-last batch (the training case), values and gradients within bf16 rounding."""
+    torch.manual_seed(0)
+    y64 = torch.randn(2, 8, 16, 16, dtype=torch.float64) * 2 + 1
+    weight, bias = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    grad = torch.randn_like(y64)
+    results = []
+    for dtype, params in ((torch.float64, torch.float64), (torch.bfloat16, torch.float32)):
+        y = y64.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+        out = model_module.HalfInstanceNorm.apply(y, weight.to(params), bias.to(params), 1e-5)
+        (grad_y,) = torch.autograd.grad(out, (y,), grad.to(dtype))
+        results.append((out.double(), grad_y.double()))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=0.02, atol=0.05)
