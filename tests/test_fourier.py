@@ -97,3 +97,46 @@ def test_spectrum_gradient_against_finite_differences_and_autograd(norm, width, 
     s = torch.fft.rfft2(x, norm=norm)
     (expected,) = torch.autograd.grad(loss(s, (s.real**2 + s.imag**2 + 1e-16).sqrt()), x)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_phase_and_amplitude_swap_gradients_against_finite_differences_and_autograd():
+    """phase_of() and with_amplitude()'s hand-written backwards: gradcheck (finite differences,
+    float64, complex input), and the gradients of the plain formulas through autograd, including
+    a zero real part (phase_of's guard) and an exactly zero coefficient (with_amplitude's A')."""
+    torch.manual_seed(0)
+    s = torch.randn(2, 3, 4, 5, dtype=torch.complex128)
+    s[0, 0, 0, 1] = 0.7j  # real part 0: atan2's guard
+    s.requires_grad_()
+    amplitude = (s.detach().abs() + 0.1).requires_grad_()
+    new = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fourier.phase_of, (s,))
+    assert torch.autograd.gradcheck(fourier.with_amplitude, (s, amplitude, new))
+
+    weights = torch.randn(2, 3, 4, 5, 3, dtype=torch.float64)
+
+    def plain_phase(s):
+        return torch.atan2(s.imag, s.real + (s.real == 0) * 1e-8)
+
+    def plain_swap(s, amplitude, new):
+        scale = new / amplitude
+        zero = (s.real == 0) & (s.imag == 0)
+        return torch.complex(torch.where(zero, new, s.real * scale), s.imag * scale)
+
+    with torch.no_grad():
+        s_zero = s.detach().clone()
+        s_zero[1, 2, 3, 4] = 0  # an exact zero: the output there is the real A'
+    for values in (s, s_zero.requires_grad_()):
+        for fast, plain, inputs in (
+            (fourier.phase_of, plain_phase, (values,)),
+            (fourier.with_amplitude, plain_swap, (values, amplitude, new)),
+        ):
+
+            def loss(out):
+                parts = torch.view_as_real(out) if out.is_complex() else out[..., None]
+                return (parts * weights[..., : parts.shape[-1]]).sum()
+
+            torch.testing.assert_close(fast(*inputs), plain(*inputs), rtol=1e-12, atol=1e-12)
+            got = torch.autograd.grad(loss(fast(*inputs)), inputs)
+            expected = torch.autograd.grad(loss(plain(*inputs)), inputs)
+            for g, e in zip(got, expected):
+                torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

@@ -49,9 +49,27 @@ def amplitude_phase(x: torch.Tensor, norm: FFTNorm = "ortho") -> tuple[torch.Ten
 def phase_of(s: torch.Tensor) -> torch.Tensor:
     """P(s) of eq. (5) for a complex spectrum ``s``, as ``atan2(I, R)`` in (-pi, pi]; a zero
     coefficient has phase 0."""
-    # On contiguous copies: atan2 of the strided views s.real, s.imag runs 10x slower.
-    real, imag = s.real.contiguous(), s.imag.contiguous()
-    return torch.atan2(imag, real + (real == 0) * _EPS)
+    return _Phase.apply(s)
+
+
+class _Phase(torch.autograd.Function):
+    """``atan2(I, R')`` with ``R' = R + eps`` where ``R == 0``, and its gradient by hand:
+    ``dP/dS = g (-I + j R') / (R'^2 + I^2)`` as one complex tensor (autograd would take S.real and
+    S.imag apart into a zero-filled tensor each and add them up)."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        # On contiguous copies: atan2 of the strided views s.real, s.imag runs 10x slower.
+        real, imag = s.real.contiguous(), s.imag.contiguous()
+        real = real + (real == 0) * _EPS
+        ctx.save_for_backward(real, imag)
+        return torch.atan2(imag, real)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        real, imag = ctx.saved_tensors
+        grad = grad / torch.addcmul(real.square(), imag, imag)
+        return torch.complex(-imag * grad, real * grad)
 
 
 def from_amplitude_phase(
@@ -128,15 +146,38 @@ def with_amplitude(s: torch.Tensor, amplitude: torch.Tensor, new_amplitude: torc
     result is the real ``new_amplitude`` there, not 0.
     """
     with torch.autocast(device_type=s.device.type, enabled=False):
-        new_amplitude = new_amplitude.to(amplitude.dtype)
-        # A complex times a real tensor is one pass (twice as fast as scaling s.real and s.imag and
-        # joining them), and its gradient needs no zero-filled tensor for each part.
-        spectrum = s * (new_amplitude / amplitude)
+        return _WithAmplitude.apply(s, amplitude, new_amplitude.to(amplitude.dtype))
+
+
+class _WithAmplitude(torch.autograd.Function):
+    """``S * A' / A`` (the real ``A'`` where S is 0), with its gradient by hand: with G the output's,
+    ``dS = G A'/A`` and, through ``g = Re(G conj(S)) / A``, ``dA' = g`` and ``dA = -g A'/A``
+    (autograd would promote A'/A to complex and back, and take S apart into zero-filled parts)."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, amplitude: torch.Tensor, new_amplitude: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        # A complex times a real tensor is one pass: twice as fast as scaling s.real and s.imag and joining them.
+        scale = new_amplitude / amplitude
+        spectrum = s * scale
         zero = (s.real == 0) & (s.imag == 0)  # (not s == 0: ONNX has no complex comparison)
         # Exact zeros are rare: skip the pass without them, except in a traced graph (compile, export).
         if torch.compiler.is_compiling() or zero.any():
             spectrum = spectrum + zero * new_amplitude  # s * scale is 0 there: add the real amplitude
+            ctx.zero = zero
+        else:
+            ctx.zero = None
+        ctx.save_for_backward(s, amplitude, scale)
         return spectrum
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        s, amplitude, scale = ctx.saved_tensors
+        grad_new = torch.addcmul(grad.real * s.real, grad.imag, s.imag).div_(amplitude)
+        grad_amplitude, grad_s = -grad_new * scale, grad * scale
+        if ctx.zero is not None:  # there the output is the real A' itself, and P(S) moves with I only
+            grad_new = torch.where(ctx.zero, grad.real, grad_new)
+            grad_s = grad_s - ctx.zero * grad_s.real
+        return grad_s, grad_amplitude, grad_new
 
 
 def inverse(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm = "ortho") -> torch.Tensor:
