@@ -159,8 +159,9 @@ class HalfInstanceNorm(torch.autograd.Function):
     channels-last tensor, normalising and concatenating would copy it three times. Statistics in
     float32 (biased variance, two passes as InstanceNorm2d). Backward, the instance-norm gradient
     dL/dy = (w/sigma) (g - mean(g) - yhat mean(g yhat)) as again one affine map per channel of
-    g and y: autograd through the slice would build a zero tensor in the contiguous layout and
-    add the channels-last gradient into it, 5x the time of this whole backward on a bf16 batch.
+    g and y: autograd through the slice builds a zero tensor in the contiguous layout and adds
+    the channels-last gradient into it (7 ms of the 22 ms that the norm took forward and backward
+    on a bf16 batch of 4x32x128x128; 13-16 ms in all this way).
     """
 
     @staticmethod
@@ -232,7 +233,7 @@ class _SameLayoutGradient(torch.autograd.Function):
     A reduction over channels or over pixels (the attention's pooling) gives its gradient in the
     contiguous layout. Added to a channels-last gradient, every later step of the backward mixes
     the two layouts and runs several times slower (a bf16 block's F_spa - F_fre took 9 ms to add
-    up its gradient, and the convolutions' backward reorders each input), so one copy here pays.
+    up its gradient at 4x32x128x128, 1 ms once laid out alike), so one copy here pays.
     """
 
     @staticmethod
