@@ -149,6 +149,13 @@ def with_amplitude(s: torch.Tensor, amplitude: torch.Tensor, new_amplitude: torc
         return _WithAmplitude.apply(s, amplitude, new_amplitude.to(amplitude.dtype))
 
 
+def _traced() -> bool:
+    """Whether this runs in a graph that torch.compile or torch.export traces (PyTorch 2.3+ says so;
+    before, it reads False, and torch.compile breaks the graph at the data-dependent check)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 class _WithAmplitude(torch.autograd.Function):
     """``S * A' / A`` (the real ``A'`` where S is 0), with its gradient by hand: with G the output's,
     ``dS = G A'/A`` and, through ``g = Re(G conj(S)) / A``, ``dA' = g`` and ``dA = -g A'/A``
@@ -161,7 +168,7 @@ class _WithAmplitude(torch.autograd.Function):
         spectrum = s * scale
         zero = (s.real == 0) & (s.imag == 0)  # (not s == 0: ONNX has no complex comparison)
         # Exact zeros are rare: skip the pass without them, except in a traced graph (compile, export).
-        if torch.compiler.is_compiling() or zero.any():
+        if _traced() or zero.any():
             spectrum = spectrum + zero * new_amplitude  # s * scale is 0 there: add the real amplitude
             ctx.zero = zero
         else:
