@@ -167,8 +167,9 @@ class _WithAmplitude(torch.autograd.Function):
         scale = new_amplitude / amplitude
         spectrum = s * scale
         zero = (s.real == 0) & (s.imag == 0)  # (not s == 0: ONNX has no complex comparison)
-        # Exact zeros are rare: skip the pass without them, except in a traced graph (compile, export).
-        if _traced() or zero.any():
+        # Exact zeros are rare: skip the pass without them on the CPU. Elsewhere asking would wait
+        # for the device, and a traced graph (compile, export) cannot branch on data.
+        if _traced() or s.device.type != "cpu" or zero.any():
             spectrum = spectrum + zero * new_amplitude  # s * scale is 0 there: add the real amplitude
             ctx.zero = zero
         else:
