@@ -4,13 +4,14 @@ own glibc settings win. Each case runs in a fresh process: malloc's settings are
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+from d2lnet.allocator import uses_glibc
+
+pytestmark = pytest.mark.skipif(not uses_glibc(), reason="glibc's malloc only")
 
 # Allocates, fills and frees a 64 MiB block with malloc five times, as a forward pass does with
 # its large tensors, and counts the page faults of the last four rounds (the kernel's count).

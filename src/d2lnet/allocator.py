@@ -29,6 +29,11 @@ _INT_MAX = 2**31 - 1
 _USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
+def uses_glibc() -> bool:
+    """Whether this process's C library is glibc (whose malloc :func:`keep_freed_memory` tunes)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to serve every block from its heap (no ``mmap`` per large block) and
     never to trim the heap's free top back to the kernel, so that freed tensors' pages are
@@ -38,7 +43,7 @@ def keep_freed_memory() -> bool:
     A request the heap cannot grow for still falls back to ``mmap`` (glibc does so whenever
     ``brk`` fails), so this never makes an allocation fail that would otherwise succeed.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not uses_glibc():
         return False
     if any(name in os.environ for name in _USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
