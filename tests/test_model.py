@@ -170,3 +170,30 @@ def test_half_instance_norm_in_bf16_is_close_to_float64():
         results.append((out.double(), grad_y.double()))
     for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected, rtol=0.02, atol=0.05)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_and_spatial_means_against_numpy(layout):
+    """The attention's pooling as matrix products: the means over channels and over pixels of
+    NumPy, in float64 (values and, through autograd, the uniform 1/n gradient), either layout."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    for mean, axes, n in ((model_module.channel_mean, (1,), 5), (model_module.spatial_mean, (2, 3), 63)):
+        got = mean(x)
+        expected = x.detach().numpy().mean(axis=axes, keepdims=True)
+        np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+        (grad,) = torch.autograd.grad(got.sum(), x)
+        np.testing.assert_allclose(grad.numpy(), np.full(x.shape, 1 / n), rtol=1e-12)
+
+
+def test_bf16_means_accumulate_in_float32():
+    """bf16 channels-last means within bf16 rounding of the float64 mean, where a bf16 running sum
+    of 4096 values would be off by far more."""
+    torch.manual_seed(0)
+    x64 = torch.rand(2, 64, 64, 64, dtype=torch.float64) + 1.0
+    x = x64.bfloat16().contiguous(memory_format=torch.channels_last)
+    for mean, dims in ((model_module.channel_mean, (1,)), (model_module.spatial_mean, (2, 3))):
+        expected = x.double().mean(dim=dims, keepdim=True)
+        torch.testing.assert_close(mean(x).double(), expected, rtol=2**-8, atol=0)

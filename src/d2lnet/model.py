@@ -186,16 +186,18 @@ class HalfInstanceNorm(torch.autograd.Function):
         a = weight[:, None, None] * rstd
         b = -a * rstd * sum_g_yhat / count  # dL/dy = a g + b (y - mean) - a mean(g)
         c = -(a * sum_g + b * mean * count) / count
-        # In float32 (the per-channel terms promote it): b y and c cancel where the mean is large.
-        grad_y = torch.addcmul(_per_channel(y, c, 0.0, mean.dtype), grad, _per_channel(y, a, 1.0, mean.dtype))
-        grad_y = grad_y.addcmul_(y, _per_channel(y, b, 0.0, mean.dtype)).to(grad.dtype)
+        # In y's dtype, as the forward's map: float32 terms would promote g and y to float32 copies
+        # (a third of the norm's backward in bf16). b y and c cancel where a channel's mean is far
+        # larger than its spread, with the same rounding as the forward's shift there.
+        grad_y = torch.addcmul(_per_channel(y, c, 0.0), grad, _per_channel(y, a, 1.0))
+        grad_y = grad_y.addcmul_(y, _per_channel(y, b, 0.0))
         return grad_y, sum_g_yhat.sum(0).flatten(), sum_g.sum(0).flatten(), None
 
 
-def _per_channel(y: torch.Tensor, first: torch.Tensor, rest: float, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A (B, C, 1, 1) tensor of ``first`` (B, half, 1, 1) then ``rest`` for y's other channels, in ``dtype`` (y's)."""
+def _per_channel(y: torch.Tensor, first: torch.Tensor, rest: float) -> torch.Tensor:
+    """A (B, C, 1, 1) tensor of ``first`` (B, half, 1, 1) then ``rest`` for y's other channels, in y's dtype."""
     fill = first.new_full((first.shape[0], y.shape[1] - first.shape[1], 1, 1), rest)
-    return torch.cat([first, fill], dim=1).to(dtype or y.dtype)
+    return torch.cat([first, fill], dim=1).to(y.dtype)
 
 
 class FeatureProjection(nn.Sequential):
@@ -219,7 +221,34 @@ class SpatialAttention(nn.Module):
         # size (a bf16 block's attention took 40 ms forward and backward, 24 ms with max), while
         # max() runs 25% slower forward, where inference needs no gradient.
         peak = x.max(dim=1, keepdim=True).values if x.requires_grad else x.amax(dim=1, keepdim=True)
-        return torch.sigmoid(self.conv(torch.cat([x.mean(dim=1, keepdim=True), peak], dim=1)))
+        return torch.sigmoid(self.conv(torch.cat([channel_mean(x), peak], dim=1)))
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(dim=1, keepdim=True)`` of a (B, C, H, W) tensor; of a channels-last one as a matrix
+    product with a vector of ones, as PyTorch's mean reduces bf16 through a float32 copy of x (a
+    bf16 4x32x256x256 batch: 20 ms, against 2.5 ms as a product that accumulates in float32)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return x.mean(dim=1, keepdim=True)
+    return torch.matmul(x.permute(0, 2, 3, 1), x.new_ones(x.shape[1], 1)).permute(0, 3, 1, 2) / x.shape[1]
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(dim=(2, 3), keepdim=True)`` of a (B, C, H, W) tensor, as a matrix product over the
+    pixels in either memory layout (1.1 ms against 5.2 ms for mean() on a bf16 4x32x128x128 batch)."""
+    b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        total = torch.matmul(x.new_ones(1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c))
+    else:
+        total = torch.matmul(x.reshape(b, c, h * w), x.new_ones(h * w, 1))
+    return total.reshape(b, c, 1, 1) / (h * w)
+
+
+class SpatialMean(nn.Module):
+    """:func:`spatial_mean` as a module: ``nn.AdaptiveAvgPool2d(1)``, faster."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return spatial_mean(x)
 
 
 def keep_gradient_layout(x: torch.Tensor) -> torch.Tensor:
@@ -478,7 +507,7 @@ class ChannelAttention(nn.Module):
         super().__init__()
         self.body = nn.Sequential(_conv3x3(channels, channels), nn.ReLU(), _conv3x3(channels, channels))
         self.excite = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
+            SpatialMean(),
             nn.Conv2d(channels, max(channels // reduction, 1), 1),
             nn.LeakyReLU(relu_slope),
             nn.Conv2d(max(channels // reduction, 1), channels, 1),
