@@ -197,3 +197,17 @@ def test_bf16_means_accumulate_in_float32():
     for mean, dims in ((model_module.channel_mean, (1,)), (model_module.spatial_mean, (2, 3))):
         expected = x.double().mean(dim=dims, keepdim=True)
         torch.testing.assert_close(mean(x).double(), expected, rtol=2**-8, atol=0)
+
+
+def test_half_instance_norm_statistics_stay_float32_under_autocast():
+    """A float32 input is normalised with float32 statistics, also under bf16 autocast (which would
+    run the products over the pixels in bf16): float64's output to float32 rounding, with a mean
+    30 times the spread, where bf16 statistics are off by several percent."""
+    torch.manual_seed(0)
+    y = (torch.randn(2, 8, 32, 32) * 0.1 + 3.0).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(4) + 0.5, torch.randn(4)
+    expected = model_module.HalfInstanceNorm.apply(y.double(), weight.double(), bias.double(), 1e-5)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            got = model_module.HalfInstanceNorm.apply(y, weight, bias, 1e-5)
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
