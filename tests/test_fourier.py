@@ -140,3 +140,35 @@ def test_phase_and_amplitude_swap_gradients_against_finite_differences_and_autog
             expected = torch.autograd.grad(loss(plain(*inputs)), inputs)
             for g, e in zip(got, expected):
                 torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["ortho", "backward", "forward"])
+@pytest.mark.parametrize("size", [(5, 6), (4, 7)])
+def test_inverse_gradient_against_finite_differences_and_autograd(norm, size):
+    """inverse()'s hand-written backward (rfft2 of the gradient, inner columns doubled): gradcheck
+    (finite differences, float64, a half spectrum that need not be Hermitian in its edge columns),
+    and the gradient of PyTorch's own irfft2, for even and odd widths and either output layout."""
+    torch.manual_seed(0)
+    s = torch.randn(2, 3, size[0], size[1] // 2 + 1, dtype=torch.complex128, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: fourier.inverse(s, size, norm), (s,))
+    weights = torch.randn(2, 3, *size, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((torch.fft.irfft2(s, s=size, norm=norm) * weights).sum(), s)
+    like = torch.empty(2, 3, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for target in (None, like):
+        out = fourier.inverse(s, size, norm, like=target)
+        assert out.dtype == torch.float64 and out.is_contiguous(memory_format=torch.channels_last) == (target is like)
+        (got,) = torch.autograd.grad((out * weights).sum(), s)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_inverse_casts_to_the_dtype_and_layout_asked():
+    """F^-1 into bf16 channels-last (the network's F_fre): irfft2's values rounded once, and a
+    float32 gradient on the spectrum."""
+    torch.manual_seed(0)
+    s = torch.randn(1, 4, 8, 5, dtype=torch.complex64, requires_grad=True)
+    like = torch.empty(1, 4, 8, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    out = fourier.inverse(s, (8, 8), like=like)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, torch.fft.irfft2(s.detach(), s=(8, 8), norm="ortho").bfloat16(), rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(out.float().sum(), s)
+    assert grad.dtype == torch.complex64

@@ -84,9 +84,14 @@ def from_amplitude_phase(
     reproduced exactly. (The released code's ``ifft2(...).real`` symmetrises them all.)
     """
     with torch.autocast(device_type=amplitude.device.type, enabled=False):
+        return _irfft2(polar(amplitude, phase), size, norm)
+
+
+def polar(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """The complex spectrum ``A cos P + j A sin P`` of an amplitude and a phase, in float32 (or float64)."""
+    with torch.autocast(device_type=amplitude.device.type, enabled=False):
         amplitude, phase = _real(amplitude), _real(phase)
-        spectrum = torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
-        return _irfft2(spectrum, size, norm)
+        return torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
 
 
 # --------------------------------------------------------------------------- fast forms
@@ -188,10 +193,43 @@ class _WithAmplitude(torch.autograd.Function):
         return grad_s, grad_amplitude, grad_new
 
 
-def inverse(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm = "ortho") -> torch.Tensor:
-    """F^-1 of a half spectrum to a real float32 image of spatial ``size`` (see :func:`from_amplitude_phase`)."""
+def inverse(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm = "ortho", like: torch.Tensor | None = None) -> torch.Tensor:
+    """F^-1 of a half spectrum to a real image of spatial ``size`` (see :func:`from_amplitude_phase`):
+    float32, or in the dtype and memory format of ``like`` (its gradient comes back as float32 planes
+    in one copy)."""
+    dtype = s.real.dtype if like is None else like.dtype
+    channels_last = like is not None and _is_channels_last(like)
     with torch.autocast(device_type=s.device.type, enabled=False):
-        return _irfft2(s, size, norm)
+        return _Inverse.apply(s, size, norm, dtype, channels_last)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class _Inverse(torch.autograd.Function):
+    """``irfft2(s)`` (as :func:`_irfft2`) cast and laid out as asked, with the backward written out.
+
+    The gradient on s is the adjoint of irfft2: rfft2 of the output's gradient (with the adjoint
+    normalisation), its inner columns doubled, since each of them stands for itself and its
+    Hermitian mirror. One 2-D transform of float32 planes: autograd would convert the gradient to
+    float32 in the output's layout, then run two 1-D transforms, each after a transposing copy.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, size: tuple[int, int], norm: FFTNorm, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:  # noqa: ANN001
+        x = _irfft2(s, size, norm)
+        ctx.norm, ctx.width = norm, size[-1]
+        if x.dtype == dtype and not channels_last:
+            return x
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=layout).copy_(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:  # noqa: ANN001
+        grad_s = torch.fft.rfft2(_real(grad), norm=_ADJOINT_NORM[ctx.norm])
+        grad_s[..., 1 : (ctx.width + 1) // 2] *= 2  # the inner columns: all but v = 0 and v = W/2
+        return grad_s, None, None, None, None
 
 
 def _irfft2(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm) -> torch.Tensor:

@@ -35,6 +35,7 @@ from d2lnet.fourier import (
     from_amplitude_phase,
     inverse,
     phase_of,
+    polar,
     spectrum,
     swap_amplitude,
     with_amplitude,
@@ -357,15 +358,14 @@ class DualDomainBlock(nn.Module):
         comes back in F_Xi's dtype and layout: between F_Xi and F_fre there is no other
         conversion, so that a bf16 channels-last network pays for two copies per block.
         """
-        size = f_x.shape[-2:]
         s, amplitude = spectrum(f_x, self.fft_norm)
         if self.corrects == "amplitude":
-            f_fre = inverse(with_amplitude(s, amplitude, self.spectral_fp32(amplitude)), size, self.fft_norm)
+            s = with_amplitude(s, amplitude, self.spectral_fp32(amplitude))
         else:
-            f_fre = from_amplitude_phase(amplitude, self.spectral_fp32(phase_of(s)), size, self.fft_norm)
+            s = polar(amplitude, self.spectral_fp32(phase_of(s)))
         # In F_Xi's memory format too: eqs. (9)-(10) mixing a channels-last tensor with a
         # contiguous one would run several times slower.
-        return torch.empty_like(f_x).copy_(f_fre)
+        return inverse(s, f_x.shape[-2:], self.fft_norm, like=f_x)
 
     def spectral_fp32(self, z: torch.Tensor) -> torch.Tensor:
         """``self.spectral`` (Conv of eq. 8) on a float32 spectrum (B, C, H, W'), as matrix products
