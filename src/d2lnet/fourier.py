@@ -217,7 +217,9 @@ class _Inverse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, size: tuple[int, int], norm: FFTNorm, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:  # noqa: ANN001
+    def forward(
+        ctx, s: torch.Tensor, size: tuple[int, int], norm: FFTNorm, dtype: torch.dtype, channels_last: bool
+    ) -> torch.Tensor:  # noqa: ANN001
         x = _irfft2(s, size, norm)
         ctx.norm, ctx.width = norm, size[-1]
         if x.dtype == dtype and not channels_last:
