@@ -218,8 +218,13 @@ class _Inverse(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, s: torch.Tensor, size: tuple[int, int], norm: FFTNorm, dtype: torch.dtype, channels_last: bool
-    ) -> torch.Tensor:  # noqa: ANN001
+        ctx,  # noqa: ANN001
+        s: torch.Tensor,
+        size: tuple[int, int],
+        norm: FFTNorm,
+        dtype: torch.dtype,
+        channels_last: bool,
+    ) -> torch.Tensor:
         x = _irfft2(s, size, norm)
         ctx.norm, ctx.width = norm, size[-1]
         if x.dtype == dtype and not channels_last:
