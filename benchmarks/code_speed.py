@@ -113,7 +113,8 @@ def main() -> None:
         f"d2lnet-s (random weights), {document['cpu']} ({document['isa']}), {args.threads} thread(s), PyTorch "
         f"{torch.__version__}; each cell the median over {args.reps} processes per variant, taking turns, of the "
         f"median of {args.calls} calls. Forward: 1x3x{args.size}x{args.size}; train step: 4x3x{args.train_crop}x"
-        f"{args.train_crop}, forward, loss, backward, Adam. Profile: share of self CPU time, {' / '.join(names)}. " + args.note,
+        f"{args.train_crop}, forward, loss, backward, gradient clipping, Adam (the tree's own), EMA. Profile: share of self CPU time, {' / '.join(names)}. "
+        + args.note,
         "",
         f"| precision | step | {' | '.join(f'{n} s' for n in names)} | speed-up ({names[-1]} vs {names[0]}) | "
         + " | ".join([*groups, "other"])

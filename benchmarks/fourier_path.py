@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import statistics
 import time
@@ -62,8 +63,13 @@ def forward_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
 
 
 def train_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+    """The trainer's step: forward, loss, backward, gradient clipping, Adam (the tree's own, where
+    it has one: ``d2lnet.train.adam``) and the EMA of the weights."""
+    from d2lnet import train
+
+    optimizer = getattr(train, "adam", torch.optim.Adam)(model.parameters(), lr=1e-6)
     criterion = D2LLoss(0.0, model.config.fft_norm)
+    ema = copy.deepcopy(model).requires_grad_(False)
     qf = torch.full((x.shape[0],), 30.0)
 
     def run() -> None:
@@ -72,7 +78,9 @@ def train_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
         loss = criterion(out.out1.float(), out.out2.float(), x).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        train.update_ema(ema, model, 0.999)
 
     return run
 

@@ -5,7 +5,7 @@
                                                                # channels-last, and the peak memory
 
 A step is what the trainer does: forward with a quality factor, the loss of eq. (22),
-backward, gradient clipping, Adam. Inputs are random (data loading is not measured: the
+backward, gradient clipping, Adam (the trainer's). Inputs are random (data loading is not measured: the
 trainer overlaps it with compute in worker processes). The rate is the median over
 several timed steps after warm-up steps.
 """
@@ -25,6 +25,7 @@ from common import cpu_name
 from d2lnet.device import cpu_has_native_bf16
 from d2lnet.losses import D2LLoss
 from d2lnet.model import CONFIGS, build
+from d2lnet.train import adam
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,7 +37,7 @@ def measure(
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build(name).to(device, memory_format=memory_format).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    optimizer = adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
     criterion = D2LLoss(fft_norm=model.config.fft_norm)
     lq = torch.rand(batch, 3, crop, crop, device=device).contiguous(memory_format=memory_format)
     gt = torch.rand(batch, 3, crop, crop, device=device).contiguous(memory_format=memory_format)

@@ -355,3 +355,24 @@ def test_progress_lines_when_stderr_is_not_a_terminal(image_folder, tmp_path, ca
     assert "\r" not in err  # no progress bar, whose carriage returns make one unreadable line of a log
     lines = [line for line in err.splitlines() if line.startswith("smoke: ") and " steps" in line]
     assert lines[0].startswith("smoke: 1/3 steps (33%)") and lines[-1].startswith("smoke: 3/3 steps (100%)")
+
+
+def test_adam_steps_as_the_textbook_update():
+    """The trainer's Adam (fused where PyTorch has a kernel for the device) against two steps of
+    Kingma & Ba's update with L2 weight decay, computed by hand in float64."""
+    from d2lnet.train import adam
+
+    p0, grads = np.array([0.5, -1.0, 2.0]), [np.array([0.1, -0.3, 0.02]), np.array([-0.2, 0.05, 0.4])]
+    lr, (b1, b2), eps, wd = 0.01, (0.9, 0.99), 1e-8, 0.1
+    param = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float32))
+    optimizer = adam([param], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    if torch.__version__ >= "2.4":
+        assert optimizer.defaults["fused"], "PyTorch 2.4+ has a fused Adam for the CPU"
+    p, m, v = p0.copy(), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        param.grad = torch.tensor(g, dtype=torch.float32)
+        optimizer.step()
+        g = g + wd * p
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    np.testing.assert_allclose(param.detach().numpy(), p, rtol=1e-6)
