@@ -125,10 +125,12 @@ def test_phase_and_amplitude_swap_gradients_against_finite_differences_and_autog
     with torch.no_grad():
         s_zero = s.detach().clone()
         s_zero[1, 2, 3, 4] = 0  # an exact zero: the output there is the real A'
-    for values in (s, s_zero.requires_grad_()):
+        amplitude_zero = amplitude.detach().clone()
+        amplitude_zero[1, 2, 3, 4] = 1e-8  # its amplitude, as spectrum() guards it
+    for values, values_amplitude in ((s, amplitude), (s_zero.requires_grad_(), amplitude_zero.requires_grad_())):
         for fast, plain, inputs in (
             (fourier.phase_of, plain_phase, (values,)),
-            (fourier.with_amplitude, plain_swap, (values, amplitude, new)),
+            (fourier.with_amplitude, plain_swap, (values, values_amplitude, new)),
         ):
 
             def loss(out):

@@ -148,7 +148,8 @@ def with_amplitude(s: torch.Tensor, amplitude: torch.Tensor, new_amplitude: torc
     ``new_amplitude``: ``s * new_amplitude / amplitude``, i.e. A' exp(j P(s)) without the angle.
 
     Where ``s`` is exactly zero its phase is 0 (as :func:`amplitude_phase` gives it), so the
-    result is the real ``new_amplitude`` there, not 0.
+    result is the real ``new_amplitude`` there, not 0. ``amplitude`` is s's, as :func:`spectrum`
+    gives it: at an exact zero it is the guard's 1e-8, or 0.
     """
     with torch.autocast(device_type=s.device.type, enabled=False):
         return _WithAmplitude.apply(s, amplitude, new_amplitude.to(amplitude.dtype))
@@ -171,10 +172,11 @@ class _WithAmplitude(torch.autograd.Function):
         # A complex times a real tensor is one pass: twice as fast as scaling s.real and s.imag and joining them.
         scale = new_amplitude / amplitude
         spectrum = s * scale
-        zero = (s.real == 0) & (s.imag == 0)  # (not s == 0: ONNX has no complex comparison)
-        # Exact zeros are rare: skip the pass without them on the CPU. Elsewhere asking would wait
-        # for the device, and a traced graph (compile, export) cannot branch on data.
-        if _traced() or s.device.type != "cpu" or zero.any():
+        # Exact zeros are rare: on the CPU, look for them only where the amplitude is as small as the
+        # guard's (one pass over A, where comparing s's parts takes four). Elsewhere asking would
+        # wait for the device, and a traced graph (compile, export) cannot branch on data.
+        if _traced() or s.device.type != "cpu" or amplitude.amin() <= 2 * _EPS:
+            zero = (s.real == 0) & (s.imag == 0)  # (not s == 0: ONNX has no complex comparison)
             spectrum = spectrum + zero * new_amplitude  # s * scale is 0 there: add the real amplitude
             ctx.zero = zero
         else:
