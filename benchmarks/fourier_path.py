@@ -18,6 +18,7 @@ import copy
 import json
 import statistics
 import time
+import types
 from collections.abc import Callable, Iterator
 
 import torch
@@ -62,13 +63,16 @@ def forward_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
     return run
 
 
-def train_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
+def train_step(
+    model, x: torch.Tensor, bf16: bool, train: types.ModuleType | None = None, losses: types.ModuleType | None = None
+) -> Callable[[], None]:
     """The trainer's step: forward, loss, backward, gradient clipping, Adam (the tree's own, where
-    it has one: ``d2lnet.train.adam``) and the EMA of the weights."""
-    from d2lnet import train
-
+    it has one: ``d2lnet.train.adam``) and the EMA of the weights; with the ``d2lnet.train`` and
+    ``d2lnet.losses`` imported, or those given (another code tree's)."""
+    if train is None:
+        from d2lnet import train
     optimizer = getattr(train, "adam", torch.optim.Adam)(model.parameters(), lr=1e-6)
-    criterion = D2LLoss(0.0, model.config.fft_norm)
+    criterion = (D2LLoss if losses is None else losses.D2LLoss)(0.0, model.config.fft_norm)
     ema = copy.deepcopy(model).requires_grad_(False)
     qf = torch.full((x.shape[0],), 30.0)
 

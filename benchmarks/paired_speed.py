@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import importlib
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 from common import cpu_isa, cpu_name, named, write_results
+from fourier_path import forward_step, train_step
 
 
 def load_tree(src: str) -> dict[str, types.ModuleType]:
@@ -56,35 +56,14 @@ def forward_call(tree: dict, size: int, bf16: bool) -> Callable[[], None]:
     model = tree["model"].build("d2lnet-s").to(memory_format=torch.channels_last).eval()
     if "fusion" in tree:  # inference as the engine runs it
         model = tree["fusion"].fuse_activations(model)
-    x = torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last)
-
-    def run() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model(x, 30.0)
-
-    return run
+    return forward_step(model, torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last), bf16)
 
 
 def train_call(tree: dict, crop: int, bf16: bool) -> Callable[[], None]:
     torch.manual_seed(0)
     model = tree["model"].build("d2lnet-s").to(memory_format=torch.channels_last).train()
-    optimizer = getattr(tree["train"], "adam", torch.optim.Adam)(model.parameters(), lr=1e-6)
-    criterion = tree["losses"].D2LLoss(0.0, model.config.fft_norm)
-    ema = copy.deepcopy(model).requires_grad_(False)
     x = torch.rand(4, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    qf = torch.full((4,), 30.0)
-
-    def run() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, qf)
-        loss = criterion(out.out1.float(), out.out2.float(), x).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        tree["train"].update_ema(ema, model, 0.999)
-
-    return run
+    return train_step(model, x, bf16, tree["train"], tree["losses"])
 
 
 def paired(calls: dict[str, Callable[[], None]], rounds: int) -> dict:
