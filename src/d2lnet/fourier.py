@@ -200,12 +200,13 @@ def inverse(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm = "ortho", lik
     float32, or in the dtype and memory format of ``like`` (its gradient comes back as float32 planes
     in one copy)."""
     dtype = s.real.dtype if like is None else like.dtype
-    channels_last = like is not None and _is_channels_last(like)
+    channels_last = like is not None and is_channels_last(like)
     with torch.autocast(device_type=s.device.type, enabled=False):
         return _Inverse.apply(s, size, norm, dtype, channels_last)
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-D tensor laid out channels-last (and not also contiguous, as when C = 1)."""
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 

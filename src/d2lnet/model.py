@@ -34,6 +34,7 @@ from d2lnet.fourier import (
     amplitude_phase,
     from_amplitude_phase,
     inverse,
+    is_channels_last,
     phase_of,
     polar,
     spectrum,
@@ -273,7 +274,7 @@ class _SameLayoutGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.channels_last = is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod
