@@ -32,9 +32,9 @@ def spin(stop) -> None:  # noqa: ANN001 - a multiprocessing Event
         x += 1
 
 
-def test_photo(path: Path, size: tuple[int, int], quality: int, folder: Path) -> Path:
-    """``path`` cropped to ``size`` (W, H) from its centre and saved as a JPEG of ``quality``."""
-    image = Image.open(path).convert("RGB")
+def test_photo(path: Path, size: tuple[int, int], quality: int, folder: Path, gray: bool = False) -> Path:
+    """``path`` cropped to ``size`` (W, H) from its centre and saved as a JPEG of ``quality`` (grey: its luma)."""
+    image = Image.open(path).convert("L" if gray else "RGB")
     left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
     out = folder / f"photo_{size[0]}x{size[1]}_q{quality}.jpg"
     image.crop((left, top, left + size[0], top + size[1])).save(out, quality=quality)
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--image", default=os.environ.get("D2LNET_DATA", "../shared/data") + "/test/LIVE1_color/bikes.png")
     parser.add_argument("--size", type=int, nargs=2, default=[768, 512], metavar=("W", "H"))
     parser.add_argument("--quality", type=int, default=30)
+    parser.add_argument("--gray", action="store_true", help="a grey JPEG (restored by the grey model)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--busy", type=int, default=0, help="cores kept busy by other processes meanwhile")
     parser.add_argument("--note", default="", help="what else the machine was doing, for the record")
@@ -64,7 +65,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in variants}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            photo = test_photo(Path(args.image), tuple(args.size), args.quality, Path(tmp))
+            photo = test_photo(Path(args.image), tuple(args.size), args.quality, Path(tmp), args.gray)
             for rep in range(args.reps):
                 for name, (src, extra) in variants.items():
                     env = {**os.environ, "PYTHONPATH": src}
@@ -94,7 +95,7 @@ def main() -> None:
             p.join()
 
     document = {
-        "cpu": cpu_name(), "isa": cpu_isa(), "busy_cores": args.busy, "note": args.note, "photo": f"{args.size[0]}x{args.size[1]}, JPEG QF {args.quality}",
+        "cpu": cpu_name(), "isa": cpu_isa(), "busy_cores": args.busy, "note": args.note, "photo": f"{args.size[0]}x{args.size[1]}, {'grey ' if args.gray else ''}JPEG QF {args.quality}",
         "variants": {name: {"args": " ".join(extra), "seconds": times[name], "median_s": statistics.median(times[name]),
                             "mean_abs_diff_to_first": agreement[name]} for name, (_, extra) in variants.items()},
     }  # fmt: skip

@@ -581,9 +581,11 @@ def test_an_image_too_large_for_memory_is_refused_before_decoding(tmp_path: Path
 
 
 def test_tile_progress_is_reported_off_a_terminal(tmp_path: Path, capsys, weights, monkeypatch) -> None:
+    import d2lnet.engine
     import d2lnet.progress
 
     monkeypatch.setattr(d2lnet.progress, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setattr(d2lnet.engine, "TILE_BATCH_PIXELS", 4 * 32 * 32)  # batches of 4 tiles: several of them
     Image.fromarray(image(96, 128)).save(tmp_path / "big.png")
     rc, _, err = run(
         capsys, tmp_path / "big.png", "-o", tmp_path / "out", "--model", weights["identity"], "--tile", "32", "--overlap", "8"

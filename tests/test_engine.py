@@ -204,6 +204,25 @@ def test_tta_is_the_mean_over_the_8_flips_and_rotations_on_the_jpeg_grid(rgb_ima
 
 def test_tta_of_a_pointwise_model_is_the_model(rgb_image: np.ndarray) -> None:
     model = PointwiseModel()
-    restored = Restorer(model, "cpu", tile=16, overlap=8, tta=True).restore(rgb_image)
+    restored = Restorer(model, "cpu", tile=16, overlap=8, tile_batch=4, tta=True).restore(rgb_image)
     np.testing.assert_array_equal(restored, pointwise_reference(rgb_image))
     assert {shape[-2:] for shape in model.calls} == {(16, 16)} and len(model.calls) > 8
+
+
+def test_tiles_go_in_batches_of_a_pixel_budget(rgb_image: np.ndarray) -> None:
+    """By default a batch holds as many tiles as 4 tiles of 256 px hold pixels (28 of 96, 4 of 256,
+    1024 of 16); a given tile_batch is kept. Every tile is restored once either way."""
+    model = PointwiseModel()
+    restorer = Restorer(model, "cpu", tile=16, overlap=8)
+    assert (restorer.batch_for(96, 96), restorer.batch_for(256, 256), restorer.batch_for(184, 208)) == (28, 4, 6)
+    assert Restorer(model, "cpu", tile=16, overlap=8, tile_batch=3).batch_for(96, 96) == 3
+    h, w = rgb_image.shape[:2]
+    tiles = restorer.tiles_for(h, w)
+    assert restorer.tiles_per_batch(h, w) == 1024 and 1 < tiles <= 1024
+    np.testing.assert_array_equal(restorer.restore(rgb_image), pointwise_reference(rgb_image))
+    assert [shape[0] for shape in model.calls] == [tiles]
+    model.calls.clear()
+    Restorer(model, "cpu", tile=16, overlap=8, tile_batch=3).restore(rgb_image)
+    assert [shape[0] for shape in model.calls] == [3] * (tiles // 3) + ([tiles % 3] if tiles % 3 else [])
+    with pytest.raises(ValueError, match="tile_batch"):
+        Restorer(model, "cpu", tile=16, overlap=8, tile_batch=0)

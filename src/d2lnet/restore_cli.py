@@ -239,8 +239,8 @@ def _restore_file(
     loaded = read_image(job.source, check_size=check_memory)
     image = loaded.image
     restorer = restorers.get(gray=image.mode in ("L", "LA"))
-    tiles = restorer.tiles_for(image.height, image.width)
-    with Progress(tiles, f"{prefix}{job.source.name}", "tile", enabled=tiles > restorer.tile_batch, transient=True) as bar:
+    tiles, per_batch = restorer.tiles_for(image.height, image.width), restorer.tiles_per_batch(image.height, image.width)
+    with Progress(tiles, f"{prefix}{job.source.name}", "tile", enabled=tiles > per_batch, transient=True) as bar:
         restorer.on_tiles = bar.update
         try:
             restored, notes = restore_loaded(loaded, restorer, quality, args.project, args.strength)
