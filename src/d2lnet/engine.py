@@ -189,19 +189,23 @@ class Restorer:
         """How many tiles of this size go through the network together."""
         return self.tile_batch or max(1, TILE_BATCH_PIXELS // (tile_h * tile_w))
 
+    def _tiling(self, height: int, width: int) -> tuple[int, int, int]:
+        """(tiles in one pass, tile height, tile width) for an image of this size: one tile of its
+        size if it is restored whole."""
+        tile = self.tile_for(height, width)
+        if tile is None:
+            return 1, height, width
+        (rows, tile_h, _), (cols, tile_w, _) = self._layout(height, tile), self._layout(width, tile)
+        return len(rows) * len(cols), tile_h, tile_w
+
     def tiles_per_batch(self, height: int, width: int) -> int:
         """How many tiles of an image of this size go through the network together (1: whole)."""
-        tile = self.tile_for(height, width)
-        return 1 if tile is None else self.batch_for(self._layout(height, tile)[1], self._layout(width, tile)[1])
+        count, tile_h, tile_w = self._tiling(height, width)
+        return 1 if count == 1 else self.batch_for(tile_h, tile_w)
 
     def tiles_for(self, height: int, width: int) -> int:
         """How many tiles an image of this size is restored in (1: whole), over all TTA passes."""
-        tile = self.tile_for(height, width)
-        if tile is None:
-            count = 1
-        else:
-            count = len(self._layout(height, tile)[0]) * len(self._layout(width, tile)[0])
-        return count * (len(DIHEDRAL) if self.tta else 1)
+        return self._tiling(height, width)[0] * (len(DIHEDRAL) if self.tta else 1)
 
     @torch.inference_mode()
     def restore_tensor(self, x: torch.Tensor, quality: int | None = None, strength: float = 1.0) -> torch.Tensor:
