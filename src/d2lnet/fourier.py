@@ -108,6 +108,12 @@ def spectrum(x: torch.Tensor, norm: FFTNorm = "ortho") -> tuple[torch.Tensor, to
 _ADJOINT_NORM: dict[str, FFTNorm] = {"ortho": "ortho", "backward": "forward", "forward": "backward"}
 
 
+def _inner_columns(width: int) -> slice:
+    """The columns of a half spectrum of a real signal of ``width`` that stand for two coefficients,
+    themselves and their Hermitian mirrors: all but v = 0 and, for an even width, v = W/2."""
+    return slice(1, (width + 1) // 2)
+
+
 class _Spectrum(torch.autograd.Function):
     """``(rfft2(x), |rfft2(x)|)`` with the backward written out.
 
@@ -139,7 +145,7 @@ class _Spectrum(torch.autograd.Function):
             grad = s * (grad_amplitude / amplitude)
             if grad_s is not None:
                 grad += grad_s
-        grad[..., 1 : (ctx.size[-1] + 1) // 2] *= 0.5  # the inner columns: all but v = 0 and v = W/2
+        grad[..., _inner_columns(ctx.size[-1])] *= 0.5
         return _irfft2(grad, ctx.size, _ADJOINT_NORM[ctx.norm]), None
 
 
@@ -238,7 +244,7 @@ class _Inverse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:  # noqa: ANN001
         grad_s = torch.fft.rfft2(_real(grad), norm=_ADJOINT_NORM[ctx.norm])
-        grad_s[..., 1 : (ctx.width + 1) // 2] *= 2  # the inner columns: all but v = 0 and v = W/2
+        grad_s[..., _inner_columns(ctx.width)] *= 2
         return grad_s, None, None, None, None
 
 
