@@ -186,6 +186,7 @@ def test_channel_and_spatial_means_against_numpy(layout):
         np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
         (grad,) = torch.autograd.grad(got.sum(), x)
         np.testing.assert_allclose(grad.numpy(), np.full(x.shape, 1 / n), rtol=1e-12)
+        assert grad.is_contiguous(memory_format=layout)  # no layout mixing in the backward after it
 
 
 def test_bf16_means_accumulate_in_float32():
