@@ -42,6 +42,29 @@ def test_hand_computed_phases_in_every_quadrant():
     np.testing.assert_allclose(phase[0, :, 0, :2].numpy(), [[0, -3 * np.pi / 4], [0, -np.pi / 4]], atol=1e-6)
 
 
+@pytest.mark.parametrize("height, width", [(24, 40), (24, 41), (25, 40), (12, 10)])
+def test_real_coefficients_have_phase_0_or_exactly_pi(height, width):
+    """The DFT of a real signal is real at rows 0 and H/2 of columns 0 and W/2 (for even sides):
+    eq. (5) puts a negative one at pi, never at -pi, whatever the FFT's rounding. x = -(-1)^(u+v)
+    (checkerboard) and -(-1)^u (alternating rows) have all their energy in one such coefficient,
+    negative; x + 2 moves only the DC term, to positive (phase 0)."""
+    u, v = torch.arange(height)[:, None].double(), torch.arange(width)[None, :].double()
+    images = [-torch.cos(np.pi * u) * torch.ones_like(v), -torch.cos(np.pi * (u + v)), torch.rand(height, width)]
+    x = torch.stack(images)[None].float()
+    _, phase = amplitude_phase(x)
+    rows = [0, height // 2] if height % 2 == 0 else [0]
+    columns = [0, width // 2] if width % 2 == 0 else [0]
+    for r in rows:
+        for c in columns:
+            assert set(phase[0, :, r, c].tolist()) <= {0.0, float(np.float32(np.pi))}, (r, c, phase[0, :, r, c])
+    if height % 2 == 0:
+        assert phase[0, 0, height // 2, 0] == np.float32(np.pi)  # the rows' alternation, negative
+    if height % 2 == 0 and width % 2 == 0:
+        assert phase[0, 1, height // 2, width // 2] == np.float32(np.pi)  # the checkerboard, negative
+    _, phase = amplitude_phase(x + 2)
+    assert (phase[0, :, 0, 0] == 0).all()
+
+
 def test_ortho_is_the_paper_normalisation():
     """Eq. (3) divides by sqrt(HW): the DC coefficient of an all-ones H x W image is sqrt(HW)."""
     amplitude, _ = amplitude_phase(torch.ones(1, 1, 12, 27), "ortho")

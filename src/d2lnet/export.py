@@ -70,6 +70,7 @@ from d2lnet import __version__
 from d2lnet.atomic import atomic_write
 from d2lnet.cards import overlap_for
 from d2lnet.errors import CommandError, UsageError
+from d2lnet.fourier import real_coefficient_mask
 from d2lnet.model import D2LNet
 
 OPSET = 20  # the first opset whose DFT takes the axis as an input, as the exporter emits it
@@ -82,18 +83,15 @@ def rfft2_via_fft2(x: torch.Tensor, s: None = None, dim: tuple[int, int] = (-2, 
     full complex ``fft2``.
 
     The coefficients that a real input makes real (rows 0 and H / 2 of columns 0 and W / 2) get
-    an imaginary part of exactly +0, as ``rfft2`` gives them, rather than the rounding noise of a
-    complex transform: their phase is 0 or pi, and noise of either sign would put it at pi or
-    -pi by chance (see :func:`atan2_ieee`).
+    an imaginary part of exactly +0, as :func:`d2lnet.fourier.spectrum` gives them, rather than
+    the rounding noise of a complex transform: their phase is 0 or pi, and noise of either sign
+    would put it at pi or -pi by chance (see :func:`atan2_ieee`).
     """
     _check_last_two(s is None, dim, "rfft2")
     height, width = x.shape[-2:]
     spectrum = torch.fft.fft2(torch.complex(x, torch.zeros_like(x)), norm=norm)
     half = _columns(spectrum, torch.arange(width // 2 + 1, device=x.device))
-    u = torch.arange(height, device=x.device)[:, None]
-    v = torch.arange(width // 2 + 1, device=x.device)[None, :]
-    real = ((u == 0) | (2 * u == height)) & ((v == 0) | (2 * v == width))
-    return torch.complex(half.real, torch.where(real, 0.0, half.imag))
+    return torch.complex(half.real, torch.where(real_coefficient_mask(height, width, x.device), 0.0, half.imag))
 
 
 def atan2_ieee(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
