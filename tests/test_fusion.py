@@ -55,7 +55,8 @@ def test_fused_model_matches_the_model_in_float32_and_keeps_training_unfused():
         for a, b in zip(fused(x, 30.0), model(x, 30.0)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # With autograd, the plain modules run and the gradients are the model's.
-    grads = [torch.autograd.grad(net(x, 30.0).out2.square().sum(), net.project1[0].weight)[0] for net in (fused, model)]
+    weight = model.project1[0].weight  # shared by both
+    grads = [torch.autograd.grad(net(x, 30.0).out2.square().sum(), weight)[0] for net in (fused, model)]
     torch.testing.assert_close(grads[0], grads[1])
 
 
