@@ -4,8 +4,8 @@
 (``DualDomainBlock.fourier_literal``, ``fourier.swap_amplitude_literal``: what the model did
 before the fast path); "fast" is the model as it is. For each precision (fp32, and bf16 where
 the CPU computes it natively) it times a d2lnet-s forward pass and a training step, alternating
-the two paths, and profiles one forward of each into operator groups: convolutions, FFTs,
-atan2/cos/sin, dtype copies, and the rest.
+the two paths, and profiles one forward of each into operator groups: convolutions, matrix
+products (eq. 8's 1x1 convolutions among them), FFTs, atan2/cos/sin, dtype copies, and the rest.
 
     python benchmarks/fourier_path.py --threads 1 --out benchmarks/results/fourier_path_cpu
 """
@@ -31,13 +31,24 @@ from d2lnet.losses import D2LLoss
 from d2lnet.model import DualDomainBlock, build
 
 GROUPS = {  # profiler operator name -> group
-    "convolution": (
+    "convolution": (  # every path PyTorch may take for a Conv2d or ConvTranspose2d, oneDNN's or its own
         "conv",
+        "conv2d",
+        "conv_transpose2d",
+        "convolution",
+        "_convolution",
         "mkldnn_convolution",
         "convolution_backward",
         "mkldnn_convolution_backward",
         "mkldnn::_convolution_pointwise",
+        "mkldnn::_convolution_transpose_pointwise",
+        "thnn_conv2d",
+        "_slow_conv2d_forward",
+        "_slow_conv2d_backward",
+        "slow_conv_transpose2d",
     ),
+    # Eq. (8)'s 1x1 convolutions over the spectra run as these; so do the means and Linear layers.
+    "matrix products": ("mm", "bmm", "addmm", "matmul", "linear", "einsum"),
     "fft": ("_fft_r2c", "_fft_c2r", "_fft_c2c"),
     "atan2/cos/sin": ("atan2", "cos", "sin"),
     "copies (dtype, layout)": ("copy_", "_to_copy", "clone", "contiguous"),
