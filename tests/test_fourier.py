@@ -65,6 +65,22 @@ def test_real_coefficients_have_phase_0_or_exactly_pi(height, width):
     assert (phase[0, :, 0, 0] == 0).all()
 
 
+@pytest.mark.parametrize("height, width", [(24, 40), (24, 41), (25, 40), (25, 41), (2, 2)])
+def test_real_coefficients_made_real_alike_when_traced(monkeypatch, height, width):
+    """Under torch.compile/export the coefficients are zeroed through a mask (no branch on the
+    sides' parity): the same coefficients as the in-place path, every other one untouched."""
+    s = torch.complex(torch.randn(2, 3, height, width // 2 + 1), torch.randn(2, 3, height, width // 2 + 1))
+    eager = fourier._real_coefficients_made_real(s.clone(), (height, width))
+    monkeypatch.setattr(fourier, "_traced", lambda: True)
+    traced = fourier._real_coefficients_made_real(s.clone(), (height, width))
+    assert torch.equal(torch.view_as_real(eager), torch.view_as_real(traced))
+    rows = {0, height // 2} if height % 2 == 0 else {0}
+    columns = {0, width // 2} if width % 2 == 0 else {0}
+    changed = (eager != s).nonzero()[:, 2:].tolist()
+    assert {tuple(rc) for rc in changed} == {(r, c) for r in rows for c in columns}
+    assert torch.equal(eager.real, s.real)
+
+
 def test_ortho_is_the_paper_normalisation():
     """Eq. (3) divides by sqrt(HW): the DC coefficient of an all-ones H x W image is sqrt(HW)."""
     amplitude, _ = amplitude_phase(torch.ones(1, 1, 12, 27), "ortho")
