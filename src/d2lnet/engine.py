@@ -149,8 +149,8 @@ class Restorer:
         # Channels-last: oneDNN's fast layout on CPUs (12% faster in fp32, 1.6x in bf16), cuDNN's for bf16.
         self.memory_format = torch.channels_last if self.device.type == "cpu" or precision != "fp32" else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
-        # Compiled: Inductor fuses on its own. Eager on the CPU: each convolution with its activation
-        # (d2lnet.fusion); elsewhere the fused copy would only run the plain modules.
+        # Compiled: Inductor fuses on its own. Eager on the CPU: every convolution through oneDNN, with
+        # its activation where one follows (d2lnet.fusion); elsewhere the copy would only run the plain modules.
         if compile:
             self.net: D2LNet | Compiled = Compiled(self.model)
         else:
