@@ -34,6 +34,30 @@ def test_fused_convolution_is_the_convolution_then_the_activation(activation, ch
 
 
 @needs_onednn
+@pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 0), (4, 2, 1), (3, 1, 1)], ids=["1x1", "down", "3x3"])
+def test_a_convolution_alone_is_the_convolution(kernel, stride, padding):
+    """Convolutions with no activation after them go through oneDNN too (PyTorch's own float32
+    1x1 path on one thread is slower on some CPUs): the same numbers as F.conv2d."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, kernel, stride=stride, padding=padding).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 12, 20).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fused = ConvActivation(conv)
+        assert fused.attr == "none"
+        torch.testing.assert_close(fused(x), F.conv2d(x, conv.weight, conv.bias, stride, padding), rtol=1e-5, atol=1e-5)
+
+
+def test_every_convolution_but_eq_8s_is_fused():
+    """Eq. (8)'s spectral 1x1 convolutions stay plain modules: they run as matrix products of their weights."""
+    fused = fuse_activations(build("d2lnet-xs"))
+    spectral = {id(c) for m in fused.modules() if hasattr(m, "spectral") for c in m.spectral if type(c) is nn.Conv2d}
+    inside = {id(m.conv) for m in fused.modules() if isinstance(m, ConvActivation)}
+    plain = [name for name, m in fused.named_modules() if type(m) is nn.Conv2d and id(m) not in spectral | inside]
+    assert plain == []
+    assert len(inside) == sum(type(m) is nn.Conv2d for m in build("d2lnet-xs").modules()) - len(spectral)
+
+
+@needs_onednn
 def test_the_fused_path_is_the_one_taken_in_inference(monkeypatch):
     conv = ConvActivation(nn.Conv2d(2, 2, 3, padding=1), nn.LeakyReLU(0.2))
     monkeypatch.setattr(conv.activation, "forward", lambda y: pytest.fail("the activation ran as a separate call"))
