@@ -1,6 +1,7 @@
 """Training throughput: samples per second of a full training step at 256x256, per configuration.
 
     python benchmarks/train_throughput.py                      # CPU, fp32: results/train_throughput_cpu.*
+                                                               # (another CPU: --out results/train_throughput_NAME)
     python benchmarks/train_throughput.py --device cuda        # GPU: fp32 and bf16, with and without
                                                                # channels-last, and the peak memory
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import cpu_isa, cpu_name
 
 from d2lnet.device import cpu_has_native_bf16
 from d2lnet.losses import D2LLoss
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--out", default="", help="write OUT.json and OUT.md (default: results/train_throughput_DEVICE)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -94,14 +96,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     environment = {
-        "device": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "device": torch.cuda.get_device_name(device) if cuda else f"{cpu_name()} ({cpu_isa()})",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
     }
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"train_throughput_{device.type}"
+    stem = Path(args.out) if args.out else RESULTS / f"train_throughput_{device.type}"  # another CPU: its own --out
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=1) + "\n")
     memory = " peak memory (GiB) |" if cuda else ""
     lines = [
