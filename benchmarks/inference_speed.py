@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import cpu_isa, cpu_name
 
 from d2lnet.device import resolve_device
 from d2lnet.engine import Restorer
@@ -93,7 +93,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     machine = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {cpu_isa()}",
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
