@@ -42,7 +42,7 @@ class ConvActivation(nn.Module):
         super().__init__()
         if not _fusable(conv):
             raise ValueError("only convolutions with explicit zero padding can be fused")
-        self.conv, self.activation = conv, activation or nn.Identity()
+        self.conv, self.activation = conv, nn.Identity() if activation is None else activation
         if isinstance(activation, nn.LeakyReLU):
             self.attr, self.scalars = "leaky_relu", [activation.negative_slope]
         elif isinstance(activation, nn.ReLU):
