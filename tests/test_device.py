@@ -47,3 +47,20 @@ def test_no_native_bf16_when_onednn_is_held_to_avx2():
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("device_type", "capability", "precision", "expected"),
+    [
+        ("cpu", "AVX512", "fp32", True),  # oneDNN's AVX-512 kernels train faster in channels-last
+        ("cpu", "AVX2", "fp32", False),  # its AVX2 backward is slower there: the plain layout
+        ("cpu", "DEFAULT", "fp32", False),
+        ("cpu", "AVX2", "bf16", True),  # under autocast channels-last wins everywhere
+        ("cuda", "AVX2", "fp32", False),
+        ("cuda", "AVX512", "bf16", True),
+        ("cuda", "AVX2", "fp16", True),
+    ],
+)
+def test_training_layout_is_channels_last_except_fp32_without_avx512(monkeypatch, device_type, capability, precision, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert device.training_channels_last(torch.device(device_type), precision) is expected

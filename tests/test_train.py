@@ -138,6 +138,12 @@ def test_recipe_errors_and_overrides(tmp_path):
         TrainConfig.from_dict({"data": {"double_compression": 2}})
     with pytest.raises(ValueError, match="jpeg_sources"):
         TrainConfig.from_dict({"data": {"jpeg_sources": "shrink"}})
+    assert TrainConfig.from_dict({}).run.channels_last == "auto"
+    assert TrainConfig.from_dict({"run": {"channels_last": False}}).run.channels_last is False
+    with pytest.raises(ValueError, match="channels_last"):
+        TrainConfig.from_dict({"run": {"channels_last": "yes"}})
+    with pytest.raises(ValueError, match="channels_last"):
+        TrainConfig.from_dict({"run": {"channels_last": 1}})
     varied = TrainConfig.from_dict({"data": {"double_compression": 0.1, "other_subsampling": 0.2, "other_tables": 0.3}})
     assert varied.degradations() == Degradations(double=0.1, subsampling=0.2, tables=0.3)
 

@@ -82,6 +82,20 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+def training_channels_last(device: torch.device, precision: Precision) -> bool:
+    """Whether training should keep tensors in channels-last memory on ``device`` at ``precision``
+    (a resolved one): yes under bf16/fp16 autocast, and in fp32 on CPUs whose kernels are AVX-512;
+    no in fp32 on CUDA and on CPUs that run AVX2 kernels (an AVX2-only CPU, or one held to AVX2 by
+    ``ATEN_CPU_CAPABILITY``), where oneDNN's channels-last convolution backward is slower than
+    the plain layout's: a d2lnet-s training step (4 crops of 128px to 256px) took 1.10x to 1.24x
+    longer in channels-last there, and 1.03x to 1.28x shorter with AVX-512 kernels
+    (``benchmarks/train_layout.py``). Inference gains from channels-last on every CPU, so
+    ``Restorer`` always uses it there."""
+    if precision != "fp32":
+        return True
+    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """The autocast context of a resolved precision: bf16/fp16 autocast, or nothing for fp32."""
     if precision == "fp32":

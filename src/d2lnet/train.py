@@ -50,7 +50,16 @@ from torch.utils.data import DataLoader
 
 from d2lnet.checkpoint import Checkpoint, rng_states, set_rng_states
 from d2lnet.data import JPEG_SOURCES, Degradations, JPEGTrainSet, QualitySampler, StepSampler, split_holdout
-from d2lnet.device import Launch, Precision, autocast, join_process_group, launch, resolve_device, resolve_precision
+from d2lnet.device import (
+    Launch,
+    Precision,
+    autocast,
+    join_process_group,
+    launch,
+    resolve_device,
+    resolve_precision,
+    training_channels_last,
+)
 from d2lnet.errors import CommandError, UsageError
 from d2lnet.evaluation.methods import JPEG_METHOD, Method
 from d2lnet.evaluation.protocol import ImageScore, evaluate_set
@@ -126,7 +135,7 @@ class RunSection:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N (d2lnet.device)
     precision: str = "auto"  # auto (d2lnet.device: bf16 where native), bf16 or fp32; FFTs stay fp32
-    channels_last: bool = False
+    channels_last: bool | str = "auto"  # auto (d2lnet.device.training_channels_last), true or false
     threads: int = 0  # CPU threads (0: PyTorch's default)
     log_every: int = 50
     checkpoint_every: int = 1000
@@ -202,6 +211,8 @@ class TrainConfig:
             raise ValueError("optim.lr must be positive and optim.betas two numbers")
         if self.run.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.run.precision!r}")
+        if self.run.channels_last not in ("auto", True, False):
+            raise ValueError(f"run.channels_last must be auto, true or false, got {self.run.channels_last!r}")
         if not 0 <= self.optim.ema < 1:
             raise ValueError(f"optim.ema must be in [0, 1), got {self.optim.ema}")
 
@@ -741,7 +752,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
     seed_everything(config.run.seed)
 
     # Model, loss, optimiser (continued from the checkpoint when resuming).
-    memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
+    channels_last = config.run.channels_last
+    if channels_last == "auto":
+        channels_last = training_channels_last(device, precision)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(config).to(device, memory_format=memory_format)
     criterion = D2LLoss(config.optim.alpha, model.config.fft_norm)
     state = Optimisation.create(model, config.optim)
