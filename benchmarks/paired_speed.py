@@ -42,7 +42,7 @@ def load_tree(src: str) -> dict[str, types.ModuleType]:
         del sys.modules[name]
     sys.path.insert(0, str(Path(src).resolve()))
     try:
-        modules = {name: importlib.import_module(f"d2lnet.{name}") for name in ("model", "losses", "train")}
+        modules = {name: importlib.import_module(f"d2lnet.{name}") for name in ("model", "losses", "train", "device")}
         for optional in ("fusion", "allocator"):
             with contextlib.suppress(ImportError):
                 modules[optional] = importlib.import_module(f"d2lnet.{optional}")
@@ -60,9 +60,14 @@ def forward_call(tree: dict, size: int, bf16: bool) -> Callable[[], None]:
 
 
 def train_call(tree: dict, crop: int, bf16: bool) -> Callable[[], None]:
+    """The trainer's step in the layout the tree's trainer picks (channels-last, as every recipe
+    asked, before ``run.channels_last = "auto"``)."""
     torch.manual_seed(0)
-    model = tree["model"].build("d2lnet-s").to(memory_format=torch.channels_last).train()
-    x = torch.rand(4, 3, crop, crop).contiguous(memory_format=torch.channels_last)
+    pick = getattr(tree["device"], "training_channels_last", None)
+    channels_last = pick is None or pick(torch.device("cpu"), "bf16" if bf16 else "fp32")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = tree["model"].build("d2lnet-s").to(memory_format=layout).train()
+    x = torch.rand(4, 3, crop, crop).contiguous(memory_format=layout)
     return train_step(model, x, bf16, tree["train"], tree["losses"])
 
 
@@ -119,7 +124,8 @@ def main() -> None:
         f"{torch.__version__}; all trees in one process, taking turns call by call for {args.rounds} rounds: "
         f"seconds are medians per call, speed-ups the median over rounds of {names[0]}'s time over each one's "
         f"in the same round. Forward: 1x3x{args.size}x{args.size}; train step: 4x3x{args.train_crop}x"
-        f"{args.train_crop}, the trainer's (forward, loss, backward, clipping, the tree's Adam, EMA). " + args.note,
+        f"{args.train_crop}, the trainer's (forward, loss, backward, clipping, the tree's Adam, EMA, in the layout "
+        f"its trainer picks). " + args.note,
         "",
         f"| precision | step | {' | '.join(f'{n} s' for n in names)} | "
         + " | ".join(f"{n} vs {names[0]}" for n in names[1:])
