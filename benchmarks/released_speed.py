@@ -18,8 +18,9 @@ Variants, taking turns call by call (``paired_speed.paired``):
   ``d2lnet restore --tile 0`` runs (channels-last, fused convolutions, fp32 FFTs under bf16).
 
 The training step is the same for all: forward, an L1 loss on both stages' outputs, backward
-and Adam; ours in the layout the trainer picks (:func:`d2lnet.device.training_channels_last`). Before timing, the script checks that the two networks are the same size: ours has
-exactly the authors' parameters less those their forward pass never uses
+and Adam; ours in the layout the trainer picks (:func:`d2lnet.device.training_channels_last`).
+Before timing, the script checks that the two networks are the same size: ours has exactly the
+authors' parameters less those their forward pass never uses
 (``model_cost.released_unused_parameters``).
 """
 
