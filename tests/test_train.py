@@ -382,3 +382,31 @@ def test_adam_steps_as_the_textbook_update():
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
     np.testing.assert_allclose(param.detach().numpy(), p, rtol=1e-6)
+
+
+def test_a_fine_tune_adds_its_budget_to_the_release_it_started_from(tmp_path, monkeypatch):
+    """The cumulative record a card carries across sessions: 2 runs before (hand-summed
+    totals), plus this one's 30 steps of batch 2 on 3 threads for 20 minutes (1.0 CPU hour)."""
+    from d2lnet.pretrained import ModelCard, save_release
+    from d2lnet.train import training_budget
+
+    runs = [{"recipe": "a", "steps": 100, "images_seen": 400, "cpu_hours": 1.5},
+            {"recipe": "b", "steps": 50, "images_seen": 100, "cpu_hours": 0.25}]  # fmt: skip
+    before = {"steps": 150, "images_seen": 500, "cpu_hours": 1.75, "runs": runs}
+    card = ModelCard("previous", training={"steps": 50, "cumulative": before})
+    previous = save_release(build("d2lnet-xs"), tmp_path / "previous.safetensors", card)
+    config = TrainConfig.from_dict({"name": "c", "data": {"train": ["x"], "crop": 64}, "optim": {"batch_size": 2},
+                                    "model": {"name": "d2lnet-xs", "init_from": str(previous)}})  # fmt: skip
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    budget = training_budget(config, step=30, world=1, minutes=20.0, device=torch.device("cpu"))
+    assert (budget["steps"], budget["images_seen"], budget["cpu_hours"]) == (30, 60, 1.0)
+    total = budget["cumulative"]
+    assert (total["steps"], total["images_seen"], total["cpu_hours"]) == (180, 560, 2.75)
+    assert total["runs"] == [*runs, {"recipe": "c", "crop": 64, "steps": 30, "images_seen": 60, "cpu_hours": 1.0}]
+    # A card without a cumulative record started from scratch: its own budget is the total.
+    first = save_release(build("d2lnet-xs"), tmp_path / "first.safetensors",
+                         ModelCard("first", training={"steps": 40, "images_seen": 160, "minutes": 90.0, "crop": 96}))  # fmt: skip
+    config.model.init_from = str(first)
+    total = training_budget(config, step=30, world=1, minutes=20.0, device=torch.device("cpu"))["cumulative"]
+    assert (total["steps"], total["images_seen"], total["cpu_hours"]) == (70, 220, 2.5)
+    assert total["runs"][0] == {"crop": 96, "steps": 40}

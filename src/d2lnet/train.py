@@ -587,11 +587,13 @@ def training_budget(config: TrainConfig, step: int, world: int, minutes: float, 
             "cpu_hours": previous.get("cpu_hours", round(previous.get("minutes", 0) / 60, 2)),
             "runs": [{"crop": previous.get("crop"), "steps": previous.get("steps", 0)}] if previous else [],
         }  # fmt: skip
+    this_run = {"recipe": config.name, "crop": config.data.crop, "steps": step, "images_seen": samples,
+                "cpu_hours": budget["cpu_hours"]}  # fmt: skip
     budget["cumulative"] = {
         "steps": before.get("steps", 0) + step,
         "images_seen": before.get("images_seen", 0) + samples,
         "cpu_hours": round(before.get("cpu_hours", 0) + budget["cpu_hours"], 2),
-        "runs": [*before.get("runs", []), {"crop": config.data.crop, "steps": step}],
+        "runs": [*before.get("runs", []), this_run],
     }
     return budget
 
