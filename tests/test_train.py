@@ -4,6 +4,7 @@ recipes validate, releases load."""
 import json
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -388,7 +389,7 @@ def test_a_fine_tune_adds_its_budget_to_the_release_it_started_from(tmp_path, mo
     """The cumulative record a card carries across sessions: 2 runs before (hand-summed
     totals), plus this one's 30 steps of batch 2 on 3 threads for 20 minutes (1.0 CPU hour)."""
     from d2lnet.pretrained import ModelCard, save_release
-    from d2lnet.train import training_budget
+    from d2lnet.train import RunClock, training_budget
 
     runs = [{"recipe": "a", "steps": 100, "images_seen": 400, "cpu_hours": 1.5},
             {"recipe": "b", "steps": 50, "images_seen": 100, "cpu_hours": 0.25}]  # fmt: skip
@@ -397,8 +398,9 @@ def test_a_fine_tune_adds_its_budget_to_the_release_it_started_from(tmp_path, mo
     previous = save_release(build("d2lnet-xs"), tmp_path / "previous.safetensors", card)
     config = TrainConfig.from_dict({"name": "c", "data": {"train": ["x"], "crop": 64}, "optim": {"batch_size": 2},
                                     "model": {"name": "d2lnet-xs", "init_from": str(previous)}})  # fmt: skip
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    budget = training_budget(config, step=30, world=1, minutes=20.0, device=torch.device("cpu"))
+    monkeypatch.setattr(time, "monotonic", lambda: 1300.0)
+    clock = RunClock(wall_before=0.0, cpu_before=0.0, rate=3, start=100.0)  # 20 minutes on 3 threads
+    budget = training_budget(config, step=30, world=1, clock=clock, device=torch.device("cpu"))
     assert (budget["steps"], budget["images_seen"], budget["cpu_hours"]) == (30, 60, 1.0)
     total = budget["cumulative"]
     assert (total["steps"], total["images_seen"], total["cpu_hours"]) == (180, 560, 2.75)
@@ -407,6 +409,27 @@ def test_a_fine_tune_adds_its_budget_to_the_release_it_started_from(tmp_path, mo
     first = save_release(build("d2lnet-xs"), tmp_path / "first.safetensors",
                          ModelCard("first", training={"steps": 40, "images_seen": 160, "minutes": 90.0, "crop": 96}))  # fmt: skip
     config.model.init_from = str(first)
-    total = training_budget(config, step=30, world=1, minutes=20.0, device=torch.device("cpu"))["cumulative"]
+    total = training_budget(config, step=30, world=1, clock=clock, device=torch.device("cpu"))["cumulative"]
     assert (total["steps"], total["images_seen"], total["cpu_hours"]) == (70, 220, 2.5)
     assert total["runs"][0] == {"crop": 96, "steps": 40}
+
+
+def test_cpu_hours_count_each_session_at_its_own_thread_count(tmp_path, monkeypatch):
+    """10 minutes on one thread, then 5 on two: 20 CPU-thread minutes, not 15 x 2. A checkpoint
+    keeps the count; one written before it was recorded counts its time at the new rate."""
+    from d2lnet.train import RunClock
+
+    now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    first = RunClock(wall_before=0.0, cpu_before=0.0, rate=1, start=0.0)
+    now[0] = 600.0
+    saved = Checkpoint(build("d2lnet-xs").config, {}, elapsed=first.elapsed(), cpu_seconds=first.cpu_seconds())
+    saved.save(tmp_path / "last.pt")
+    loaded = Checkpoint.load(tmp_path / "last.pt")
+    assert (loaded.elapsed, loaded.cpu_seconds) == (600.0, 600.0)
+    second = RunClock(loaded.elapsed, loaded.cpu_seconds, rate=2, start=600.0)
+    now[0] = 900.0
+    assert (second.elapsed(), second.cpu_seconds()) == (900.0, 1200.0)
+    assert RunClock(600.0, None, rate=2, start=600.0).cpu_seconds() == 1800.0
+    torch.save({"config": loaded.config.to_dict(), "model": {}}, tmp_path / "old.pt")
+    assert Checkpoint.load(tmp_path / "old.pt").cpu_seconds is None

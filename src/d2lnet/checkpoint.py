@@ -38,6 +38,9 @@ class Checkpoint:
         model, ema: the weights and their exponential moving average (None without EMA).
         step: optimiser steps taken; ``samples_seen`` training samples over all processes.
         elapsed: seconds of training so far, over all sessions of the run.
+        cpu_seconds: CPU-thread seconds so far: each session's wall time times its threads and
+            processes (a run resumed with more threads counts each part at its own rate); None
+            in checkpoints written before it was recorded.
         recipe: the resolved training recipe (:meth:`d2lnet.train.TrainConfig.to_dict`).
         optimizer, scheduler: their ``state_dict()``; None in a weights-only checkpoint.
         rng: every global random generator's state (:func:`rng_states`).
@@ -53,6 +56,7 @@ class Checkpoint:
     optimizer: dict | None = None
     scheduler: dict | None = None
     rng: dict | None = None
+    cpu_seconds: float | None = None
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
@@ -67,7 +71,7 @@ class Checkpoint:
         state = {
             "format": FORMAT, "config": self.config.to_dict(), "train_config": self.recipe, "step": self.step,
             "elapsed": self.elapsed, "samples_seen": self.samples_seen, "model": self.model, "ema": self.ema,
-            "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng,
+            "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng, "cpu_seconds": self.cpu_seconds,
         }  # fmt: skip
         with atomic_write(path, durable=True) as f:
             torch.save(state, f)
@@ -96,6 +100,7 @@ class Checkpoint:
             config, state["model"], state.get("ema"), int(state.get("step", 0)), int(state.get("samples_seen", 0)),
             float(state.get("elapsed", 0.0)), state.get("train_config") or {},
             state.get("optimizer"), state.get("scheduler"), state.get("rng"),
+            None if state.get("cpu_seconds") is None else float(state["cpu_seconds"]),
         )  # fmt: skip
 
 

@@ -456,6 +456,7 @@ class Optimisation:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     step: int = 0
     elapsed: float = 0.0  # seconds of training before this session
+    cpu_seconds: float | None = 0.0  # CPU-thread seconds before this session (None: not recorded)
 
     @classmethod
     def create(cls, model: D2LNet, optim: OptimSection) -> Optimisation:
@@ -478,13 +479,13 @@ class Optimisation:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         set_rng_states(checkpoint.rng)
-        self.step, self.elapsed = checkpoint.step, checkpoint.elapsed
+        self.step, self.elapsed, self.cpu_seconds = checkpoint.step, checkpoint.elapsed, checkpoint.cpu_seconds
 
-    def checkpoint(self, config: TrainConfig, samples_seen: int, elapsed: float) -> Checkpoint:
+    def checkpoint(self, config: TrainConfig, samples_seen: int, clock: RunClock) -> Checkpoint:
         return Checkpoint(
             self.model.config, self.model.state_dict(), self.ema.state_dict() if self.ema is not None else None,
-            self.step, samples_seen, elapsed, config.to_dict(),
-            self.optimizer.state_dict(), self.scheduler.state_dict(), rng_states(),
+            self.step, samples_seen, clock.elapsed(), config.to_dict(),
+            self.optimizer.state_dict(), self.scheduler.state_dict(), rng_states(), clock.cpu_seconds(),
         )  # fmt: skip
 
     @property
@@ -568,13 +569,31 @@ def validate(model: D2LNet, images: ImageSet, qualities: list[int], device: torc
     return {**means(rows), **{f"q{q}": means([r for r in rows if r.quality == q]) for q in qualities}}
 
 
-def training_budget(config: TrainConfig, step: int, world: int, minutes: float, device: torch.device) -> dict:
+@dataclass
+class RunClock:
+    """Wall and CPU-thread seconds of a run over all its sessions. This session counts its wall time
+    at ``rate``, its CPU threads times its processes (0 on GPUs), so a run resumed with more
+    threads counts each session at its own rate."""
+
+    wall_before: float
+    cpu_before: float | None  # None: a checkpoint that did not record it, counted at this rate
+    rate: int
+    start: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return self.wall_before + time.monotonic() - self.start
+
+    def cpu_seconds(self) -> float:
+        before = self.wall_before * self.rate if self.cpu_before is None else self.cpu_before
+        return before + (time.monotonic() - self.start) * self.rate
+
+
+def training_budget(config: TrainConfig, step: int, world: int, clock: RunClock, device: torch.device) -> dict:
     """This run's budget, and the cumulative one when it fine-tunes a release that recorded its own."""
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
     samples = step * config.optim.batch_size * world
     budget = {
         "steps": step, "batch_size": config.optim.batch_size * world, "crop": config.data.crop, "images_seen": samples,
-        "minutes": round(minutes, 1), "cpu_hours": round(minutes * threads * world / 60, 2),
+        "minutes": round(clock.elapsed() / 60, 1), "cpu_hours": round(clock.cpu_seconds() / 3600, 2),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }  # fmt: skip
     before: dict = {}
@@ -780,15 +799,13 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
     log = RunLog(folder, config, state.step, process, fresh=start_from is None)
     last_val: dict = {}
     out_of_time = False
-    session_start = time.monotonic()
-
-    def elapsed() -> float:
-        return state.elapsed + time.monotonic() - session_start
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    clock = RunClock(state.elapsed, state.cpu_seconds, threads * process.world_size)
 
     def checkpoint() -> None:
         if process.is_main:
             samples = state.step * config.optim.batch_size * process.world_size
-            state.checkpoint(config, samples, elapsed()).save(folder.checkpoint)
+            state.checkpoint(config, samples, clock).save(folder.checkpoint)
 
     def due(every: int) -> bool:
         return state.step % every == 0 or state.step == config.optim.steps
@@ -801,30 +818,30 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
                 loss, grad_norm = train_step(net, state, batch, criterion, config, device, precision, memory_format)
                 log.progress.update()
                 if due(config.run.log_every):
-                    log.training(state.step, loss, grad_norm, state.scheduler.get_last_lr()[0], elapsed())
+                    log.training(state.step, loss, grad_norm, state.scheduler.get_last_lr()[0], clock.elapsed())
                 if val_set is not None and due(config.val.every):
                     last_val = validate(state.weights, val_set, config.val.quality, device, precision)
-                    log.validation(state.step, last_val, elapsed())
+                    log.validation(state.step, last_val, clock.elapsed())
                 if state.step % config.run.checkpoint_every == 0:
                     checkpoint()
                 if stop:
                     stop_reason = signal.Signals(stop[0]).name
                     break
-                out_of_time = bool(config.run.max_minutes) and time.monotonic() - session_start > 60 * config.run.max_minutes
+                out_of_time = bool(config.run.max_minutes) and time.monotonic() - clock.start > 60 * config.run.max_minutes
                 if out_of_time:
                     stop_reason = f"time budget of {config.run.max_minutes} min reached"
                     break
             if val_set is not None and out_of_time and not due(config.val.every):
                 # A run cut by its time budget releases the weights of this step: their scores go in its card.
                 last_val = validate(state.weights, val_set, config.val.quality, device, precision)
-                log.validation(state.step, last_val, elapsed())
+                log.validation(state.step, last_val, clock.elapsed())
         checkpoint()
     except KeyboardInterrupt:  # a second Ctrl-C: the step under way is lost, the last checkpoint stands
         raise TrainingInterrupted(f"interrupted at once; {folder.checkpoint} holds the last checkpoint", signal.SIGINT) from None
     finally:
         log.close()
 
-    minutes = elapsed() / 60
+    minutes = clock.elapsed() / 60
     if stop_reason in ("SIGINT", "SIGTERM"):
         raise TrainingInterrupted(
             f"stopped by {stop_reason} at step {state.step} of {config.optim.steps}: checkpoint written to "
@@ -836,7 +853,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
             f"{config.name}: {stop_reason} at step {state.step} ({minutes:.1f} min); checkpoint {folder.checkpoint}",
             file=sys.stderr,
         )
-        budget = training_budget(config, state.step, process.world_size, minutes, device)
+        budget = training_budget(config, state.step, process.world_size, clock, device)
         save_release(state.weights, folder.release, release_card(config, budget, len(dataset), last_val))
     if process.world_size > 1:
         torch.distributed.destroy_process_group()
