@@ -11,6 +11,12 @@ and restored as ``d2lnet restore FILE`` does (quality read from the file, the mo
 tiling, the projection onto the file's coefficients). Mean PSNR against the uncompressed crop:
 
     python benchmarks/degradations.py --model d2lnet-s-color --out benchmarks/results/degradations_color
+
+``--keep-444-chroma-from`` overrides the card's quality from which a 4:4:4 file keeps its own
+chroma (``d2lnet.restore.keeps_file_chroma``); ``never`` and ``1`` measure the two choices at
+every quality, which is how a card's value is chosen:
+
+    python benchmarks/degradations.py --kinds 4:4:4 --quality 50 60 70 80 90 95 --keep-444-chroma-from never
 """
 
 from __future__ import annotations
@@ -56,17 +62,27 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=11, help="at most this many held-out images")
     parser.add_argument("--crop", type=int, default=256, help="centre crop side (0: whole images)")
     parser.add_argument("--quality", type=int, nargs="+", default=[10, 30, 50, 90])
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument(
+        "--keep-444-chroma-from",
+        default="card",
+        metavar="card|never|QF",
+        help="from which quality a 4:4:4 file keeps its own chroma (default: the model card's)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="", help="write OUT.json and OUT.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model = load_model(args.model)
+    if args.keep_444_chroma_from != "card":
+        never = args.keep_444_chroma_from == "never"
+        model.card.inference["keep_444_chroma_from"] = None if never else int(args.keep_444_chroma_from)
     gray = model.config.in_channels == 1
     restorer = Restorer(model, "cpu", "auto", "auto")
     images = held_out_images(Path(args.data), args.holdout, args.limit, gray, never_jpeg=True)
     crops = [(name, center_crop(image, args.crop) if args.crop else image) for name, image in images]
-    kinds = {kind: encode for kind, encode in KINDS.items() if not (gray and kind in COLOUR_ONLY)}
+    kinds = {kind: KINDS[kind] for kind in args.kinds if not (gray and kind in COLOUR_ONLY)}
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +104,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
 
     document = {"model": args.model, "cpu": cpu_name(), "isa": cpu_isa(), "threads": args.threads,
+                "keep_444_chroma_from": model.card.keep_444_chroma_from,
                 "images": [n for n, _ in crops], "crop": args.crop, "results": results}  # fmt: skip
     write_results(args.out, document, markdown(document))
 
@@ -99,7 +116,8 @@ def markdown(document: dict) -> str:
         f"# The default restore on JPEGs beyond the protocol's: {document['model']}", "",
         f"{document['cpu']} ({document['isa']}), {document['threads']} thread(s); {len(document['images'])} held-out "
         f"training images that were never JPEGs, {size}. Mean PSNR (dB) against the uncompressed crop; "
-        "'read QF': the qualities read from the files (the range over the images).", "",
+        "'read QF': the qualities read from the files (the range over the images). 4:4:4 files keep their own chroma "
+        f"from quality {document.get('keep_444_chroma_from') or 'none (never)'}.", "",
         "| kind | QF | JPEG | restored | gain | read QF |", "|---|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for r in document["results"]:

@@ -144,3 +144,23 @@ def test_compress_takes_other_subsampling_and_tables(photo):
     assert list(grey_tables) == [0] and (grey_tables[0] == luma).all()
     with pytest.raises(ValueError, match="subsampling"):
         jpeg.compress(photo, 50, subsampling=3)
+
+
+def test_ycbcr_is_jfifs_and_inverts(photo):
+    # Hand-computed: pure red is Y = 0.299 * 255, Cb = 128 - 0.168736 * 255, Cr = 128 + 0.5 * 255.
+    np.testing.assert_allclose(jpeg.ycbcr_from_rgb(np.array([255, 0, 0])), [76.245, 84.97232, 255.5], atol=1e-9)
+    # Pillow's YCbCr (libjpeg's conversion, in integers) agrees to within its truncation.
+    pillow = np.asarray(Image.fromarray(photo).convert("YCbCr")).astype(np.float64)
+    assert np.abs(jpeg.ycbcr_from_rgb(photo) - pillow).max() < 1.01  # Pillow truncates in fixed point
+    np.testing.assert_allclose(jpeg.rgb_from_ycbcr(jpeg.ycbcr_from_rgb(photo)), photo, atol=1e-9)
+
+
+def test_chroma_subsampling_is_read_from_the_file(photo, tmp_path):
+    for subsampling in (0, 1, 2):
+        with Image.open(io.BytesIO(jpeg.compress(photo, 80, subsampling=subsampling))) as im:
+            assert jpeg.chroma_subsampling(im) == subsampling
+    with Image.open(io.BytesIO(jpeg.compress(photo, 80, gray=True))) as im:
+        assert jpeg.chroma_subsampling(im) is None
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        assert jpeg.chroma_subsampling(im) is None

@@ -142,3 +142,43 @@ def test_a_jpeg_opened_from_its_file_is_projected_onto_it(tmp_path, rgb_image: n
         projected = np.asarray(restore_image(opened, tiny_model("identity")))
     np.testing.assert_array_equal(plain, decoded)
     assert psnr(rgb_image, projected) > psnr(rgb_image, decoded)
+
+
+def test_a_444_jpeg_keeps_its_chroma_from_the_quality_the_card_names(tmp_path, rgb_image: np.ndarray) -> None:
+    """From the card's ``keep_444_chroma_from`` up, a 4:4:4 file keeps its decoded chroma and only the
+    luma is restored; below it, and for 4:2:0 files, the model's output is left as it is. Chroma and
+    luma are compared in Pillow's YCbCr (libjpeg's conversion, to its rounding)."""
+    from d2lnet.cards import ModelCard
+    from d2lnet.images import read_image
+    from d2lnet.restore import restore_loaded
+
+    model = tiny_model("busy")
+    plain, keeping = Restorer(model, "cpu", "fp32"), Restorer(model, "cpu", "fp32")
+
+    def restored(path, restorer):
+        loaded = read_image(path)
+        return loaded, *restore_loaded(loaded, restorer, project_jpeg=False)
+
+    def ycbcr(image) -> np.ndarray:
+        return np.asarray(image.convert("RGB").convert("YCbCr")).astype(int)
+
+    Image.fromarray(rgb_image).save(tmp_path / "444_q90.jpg", quality=90, subsampling=0)
+    Image.fromarray(rgb_image).save(tmp_path / "444_q50.jpg", quality=50, subsampling=0)
+    Image.fromarray(rgb_image).save(tmp_path / "420_q90.jpg", quality=90, subsampling=2)
+    model.card = ModelCard("busy")  # no keep_444_chroma_from: never
+    baseline = {name: restored(tmp_path / name, plain)[1] for name in ("444_q90.jpg", "444_q50.jpg", "420_q90.jpg")}
+    model.card = ModelCard("busy", inference={"keep_444_chroma_from": 70})
+
+    loaded, out, notes = restored(tmp_path / "444_q90.jpg", keeping)
+    assert loaded.subsampling == 0 and any("4:4:4 JPEG at quality 90" in note for note in notes)
+    inside = ((np.asarray(out) > 0) & (np.asarray(out) < 255)).all(-1)  # where the colour was not clipped to RGB
+    assert inside.mean() > 0.5 and np.abs(ycbcr(out)[inside, 1:] - ycbcr(loaded.image)[inside, 1:]).max() <= 1
+    assert np.abs(ycbcr(out)[inside, 0] - ycbcr(baseline["444_q90.jpg"])[inside, 0]).max() <= 1
+    assert np.abs(ycbcr(baseline["444_q90.jpg"])[..., 1:] - ycbcr(loaded.image)[..., 1:]).max() > 1  # the model did move chroma
+    for name in ("444_q50.jpg", "420_q90.jpg"):
+        _, out, notes = restored(tmp_path / name, keeping)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(baseline[name]))
+        assert not any("chroma" in note for note in notes)
+    with Image.open(tmp_path / "444_q90.jpg") as opened:  # the Python API on a PIL image opened from the file
+        api = restore_image(opened, keeping, project_jpeg=False)
+    np.testing.assert_array_equal(np.asarray(api), np.asarray(restored(tmp_path / "444_q90.jpg", keeping)[1]))

@@ -43,7 +43,8 @@ class ModelCard:
         quality_range: ``[low, high]``, the JPEG quality factors it was trained on.
         inference: defaults for running it; ``tile``: the tile side that ``--tile auto`` uses
             (None or absent: whole images); ``overlap``: how far neighbouring tiles overlap
-            (absent: :data:`DEFAULT_OVERLAP`).
+            (absent: :data:`DEFAULT_OVERLAP`); ``keep_444_chroma_from``: the JPEG quality from
+            which a 4:4:4 file keeps its own chroma and only its luma is restored (absent: never).
         training_data: the training images (folders, counts, what was held out).
         training: the budget and recipe (steps, batch, crops, time, device, cumulative totals).
         scores: validation and benchmark scores.
@@ -72,6 +73,13 @@ class ModelCard:
         """How many pixels neighbouring tiles overlap, measured per model: the least that
         loses nothing against larger overlaps (``benchmarks/size_robustness.py --overlap``)."""
         return self.inference.get("overlap", DEFAULT_OVERLAP)
+
+    @property
+    def keep_444_chroma_from(self) -> int | None:
+        """The JPEG quality from which a file with full-resolution chroma (4:4:4) keeps its own
+        chroma: a model trained on 4:2:0 files restores chroma as if it had been halved, which
+        gains at low quality and loses at high (``benchmarks/degradations.py``). None: never."""
+        return self.inference.get("keep_444_chroma_from")
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from d2lnet.atomic import atomic_write
-from d2lnet.jpeg import BLOCK, estimate_quality
+from d2lnet.jpeg import BLOCK, chroma_subsampling, estimate_quality
 from d2lnet.metrics import rgb_to_y
 
 # Inputs found in folders and globs; a file named on the command line is tried whatever its name.
@@ -211,6 +211,8 @@ class LoadedImage:
         path: the file, if the image was read from one.
         is_jpeg: whether the file is a JPEG (its coefficients can constrain the restoration).
         orientation: the EXIF orientation (1 to 8) that was applied to make ``image`` upright.
+        subsampling: how a colour JPEG file stores its chroma (:func:`d2lnet.jpeg.chroma_subsampling`:
+            0 for 4:4:4, 1 for 4:2:2, 2 for 4:2:0), else None.
     """
 
     image: Image.Image
@@ -221,6 +223,7 @@ class LoadedImage:
     path: Path | None = None
     is_jpeg: bool = False
     orientation: int = 1
+    subsampling: int | None = None
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -295,7 +298,9 @@ def read_image(path: str | Path, check_size: Callable[[int, int], None] | None =
         tags[_EXIF_ORIENTATION] = 1  # the pixels are upright now
         exif = tags.tobytes()
     orientation = orientation if orientation in range(1, 9) else 1
-    return LoadedImage(converted.image, quality, converted.icc_profile, exif, converted.notes, path, is_jpeg, orientation)
+    return LoadedImage(
+        converted.image, quality, converted.icc_profile, exif, converted.notes, path, is_jpeg, orientation, chroma_subsampling(im)
+    )
 
 
 def read_array(path: str | Path) -> np.ndarray:

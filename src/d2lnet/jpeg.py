@@ -48,6 +48,30 @@ _ZIGZAG = np.array([
 
 # JFIF's full-range BT.601 YCbCr (rows Y, Cb, Cr; Cb and Cr offset by 128), as libjpeg converts.
 JFIF_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_CHROMA_OFFSET = np.array([0.0, 128.0, 128.0])
+# What Pillow's JpegImagePlugin.get_sampling returns: 0 is 4:4:4, 1 is 4:2:2, 2 is 4:2:0 (as compress takes it).
+SUBSAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def ycbcr_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """JFIF YCbCr of an (..., 3) RGB array, in float64 without rounding (0..255 scale)."""
+    return np.asarray(rgb, dtype=np.float64) @ JFIF_YCBCR.T + _CHROMA_OFFSET
+
+
+def rgb_from_ycbcr(ycbcr: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`ycbcr_from_rgb`, in float64 (round and clip for pixels)."""
+    return (ycbcr - _CHROMA_OFFSET) @ np.linalg.inv(JFIF_YCBCR).T
+
+
+def chroma_subsampling(image: Image.Image) -> int | None:
+    """How a colour JPEG opened by Pillow stores its chroma: 0 (4:4:4, full resolution), 1 (4:2:2)
+    or 2 (4:2:0); None for anything else (grey, CMYK, other samplings, not a JPEG)."""
+    from PIL import JpegImagePlugin
+
+    if image.format not in ("JPEG", "MPO"):
+        return None
+    sampling = JpegImagePlugin.get_sampling(image)
+    return sampling if sampling in SUBSAMPLING_NAMES else None
 
 
 def split_blocks(plane: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2lnet.jpeg import JFIF_YCBCR, dct_matrix, join_blocks, split_blocks
+from d2lnet.jpeg import dct_matrix, join_blocks, rgb_from_ycbcr, split_blocks, ycbcr_from_rgb
 
 _D = dct_matrix()
 
@@ -95,9 +95,6 @@ def _upsample(plane: np.ndarray, factor: tuple[int, int], h: int, w: int) -> np.
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0, :h, :w].numpy()
 
 
-_OFFSET = np.array([0.0, 128.0, 128.0])
-
-
 def project(image: np.ndarray, components: list[Component]) -> np.ndarray:
     """Project a restored uint8 image, (H, W) grey or (H, W, 3) RGB, onto the set of images that
     the JPEG ``components`` describe; returns uint8 of the same shape."""
@@ -108,7 +105,7 @@ def project(image: np.ndarray, components: list[Component]) -> np.ndarray:
         if luma is None:  # a colour image restored from a grey JPEG: not this file's pixels
             raise ValueError("a grey JPEG's coefficients cannot constrain a colour image")
         return np.clip(np.round(project_plane(luma.astype(np.float64), components[0])), 0, 255).astype(np.uint8)
-    ycc = image.astype(np.float64) @ JFIF_YCBCR.T + _OFFSET
+    ycc = ycbcr_from_rgb(image)
     out = np.empty_like(ycc)
     for c, component in enumerate(components):
         plane = ycc[..., c]
@@ -118,5 +115,4 @@ def project(image: np.ndarray, components: list[Component]) -> np.ndarray:
             low = _downsample(plane, component.subsampling)
             correction = project_plane(low, component) - low
             out[..., c] = plane + _upsample(correction, component.subsampling, h, w)
-    rgb = (out - _OFFSET) @ np.linalg.inv(JFIF_YCBCR).T
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    return np.clip(np.round(rgb_from_ycbcr(out)), 0, 255).astype(np.uint8)

@@ -17,6 +17,12 @@ Y, keep Cb and Cr). Grey stays grey and colour stays colour; an alpha channel is
 through unchanged (it is not restored). Other kinds (CMYK, palette, 16-bit, ...) are converted
 first (:func:`d2lnet.images.to_supported`).
 
+Chroma of 4:4:4 files. The colour models were trained on 4:2:0 JPEGs, whose chroma the
+encoder halved: on a file that keeps full-resolution chroma they restore it as if it had been
+halved, which still gains at low quality but loses at high. From the quality a model's card
+names (``keep_444_chroma_from``), such a file keeps its own chroma and only its luma is
+restored (:func:`with_chroma_of`).
+
 Projection. For an image read from a JPEG file, the restoration is then projected onto the
 set of images that compress to that file (:mod:`d2lnet.projection`): on 96 held-out training
 crops at QF 10 to 90 it never lowered PSNR (+0.01 to +0.13 dB on average), so it is on by
@@ -33,7 +39,14 @@ from PIL import Image
 
 from d2lnet.engine import Restorer, check_strength
 from d2lnet.images import SUPPORTED_MODES, LoadedImage, check_mode, to_supported
-from d2lnet.jpeg import estimate_quality, estimate_quality_from_pixels
+from d2lnet.jpeg import (
+    SUBSAMPLING_NAMES,
+    chroma_subsampling,
+    estimate_quality,
+    estimate_quality_from_pixels,
+    rgb_from_ycbcr,
+    ycbcr_from_rgb,
+)
 from d2lnet.model import D2LNet
 from d2lnet.pretrained import DEFAULT_COLOR, DEFAULT_GRAY, load_model
 from d2lnet.projection import project, read_components
@@ -49,6 +62,10 @@ UNKNOWN_QUALITY = (
     "and the model is told so (give --quality N if you know it)"
 )
 ESTIMATED_QUALITY = "not a JPEG file: quality {} estimated from the JPEG quantization its pixels show (--quality N overrides it)"
+FILE_CHROMA = (
+    "{} JPEG at quality {}: its chroma is kept as the file has it and only the luma restored "
+    "(this model, trained on 4:2:0, loses on full-resolution chroma from quality {})"
+)
 
 
 def default_model(gray: bool) -> str:
@@ -102,6 +119,27 @@ def restore_pil(image: Image.Image, restorer: Restorer, quality: int | None = No
     return restored
 
 
+def keeps_file_chroma(restorer: Restorer, quality: int | None, subsampling: int | None) -> bool:
+    """Whether a colour JPEG keeps its own chroma: it is stored at full resolution (``subsampling``
+    0, 4:4:4) and ``quality`` is at least the model card's ``keep_444_chroma_from``."""
+    card = getattr(restorer.model, "card", None)  # set by load_model
+    start = card.keep_444_chroma_from if card is not None else None
+    return restorer.channels == 3 and subsampling == 0 and None not in (start, quality) and quality >= start
+
+
+def with_chroma_of(restored: Image.Image, source: Image.Image) -> Image.Image:
+    """The luma of ``restored`` (RGB or RGBA) with the chroma of ``source`` (the same size), in
+    JFIF YCbCr, in float and rounded once; the alpha of ``restored`` is kept."""
+    alpha = restored.getchannel("A") if restored.mode == "RGBA" else None
+    luma = ycbcr_from_rgb(np.asarray(restored.convert("RGB")))[..., :1]
+    chroma = ycbcr_from_rgb(np.asarray(source.convert("RGB")))[..., 1:]
+    rgb = rgb_from_ycbcr(np.concatenate([luma, chroma], axis=-1))
+    merged = Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
+    if alpha is not None:
+        merged.putalpha(alpha)
+    return merged
+
+
 def project_onto_jpeg(restored: Image.Image, jpeg_file: str | Path, orientation: int = 1) -> Image.Image | None:
     """``restored`` projected onto the JPEG file it was restored from (:mod:`d2lnet.projection`);
     ``orientation``: the EXIF orientation applied to it since. None when that cannot be done:
@@ -145,6 +183,9 @@ def restore_at(
     """:func:`restore_loaded` at a quality already resolved (:func:`resolve_quality`; None: unknown)."""
     notes = []
     restored = restore_pil(loaded.image, restorer, quality, strength)
+    if keeps_file_chroma(restorer, quality, loaded.subsampling):
+        restored = with_chroma_of(restored, loaded.image)
+        notes.append(FILE_CHROMA.format(SUBSAMPLING_NAMES[0], quality, restorer.model.card.keep_444_chroma_from))
     converted = bool(loaded.notes)  # e.g. from CMYK: these pixels are not the file's components
     if project_jpeg and loaded.is_jpeg and loaded.path is not None and not converted:
         projected = project_onto_jpeg(restored, loaded.path, loaded.orientation)
@@ -204,6 +245,7 @@ def restore_image(
     check_strength(strength)
     if isinstance(image, Image.Image):
         source = getattr(image, "filename", "") if image.format in ("JPEG", "MPO") else ""
+        subsampling = chroma_subsampling(image)
         if quality is None and source:
             quality = estimate_quality(source)
         if image.mode not in SUPPORTED_MODES:
@@ -212,6 +254,8 @@ def restore_image(
         if quality is None:
             quality = pixel_quality(image, restorer)
         restored = restore_pil(image, restorer, quality, strength)
+        if keeps_file_chroma(restorer, quality, subsampling):
+            restored = with_chroma_of(restored, image)
         projected = project_onto_jpeg(restored, source) if project_jpeg and source else None
         return projected if projected is not None else restored
     if not isinstance(image, np.ndarray):
