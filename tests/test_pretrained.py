@@ -91,3 +91,21 @@ def test_bundled_models_improve_an_unseen_photo(name):
         restored = restore_image(degraded, model=model, quality=quality)
         gain = peak_signal_noise_ratio(clean, restored) - peak_signal_noise_ratio(clean, degraded)
         assert gain > 0.1, f"{name} at QF {quality}: {gain:+.2f} dB"
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_bundled_cards_budgets_add_up(name):
+    """A card's cumulative budget is the sum of its runs (each new release appends one run and adds
+    it to the totals; a card written twice from its own output would count a run twice), and the
+    card inside the weights file is the one beside it."""
+    card = model_card(name)
+    total = card.training.get("cumulative")
+    if total is None:
+        pytest.skip(f"{name} was trained in one run")
+    runs = total["runs"]
+    assert total["steps"] == sum(run["steps"] for run in runs)
+    assert total["images_seen"] == sum(run["images_seen"] for run in runs)
+    assert total["cpu_hours"] == pytest.approx(sum(run["cpu_hours"] for run in runs), abs=0.01)
+    assert (runs[-1]["steps"], runs[-1]["images_seen"]) == (card.training["steps"], card.training["images_seen"])
+    beside = json.loads((pretrained.WEIGHTS_DIR / f"{name}.json").read_text())
+    assert beside == {**card.to_dict(), "channels": beside["channels"], "config": beside["config"]}
