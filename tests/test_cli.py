@@ -83,7 +83,7 @@ def two_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, obj
     """Two release files as the bundled models, one with a full card, and one catalogued but absent."""
     colour, grey = tiny_model(channels=3), tiny_model(channels=1)
     card = ModelCard(
-        "tiny-a", "a tiny model", quality_range=[5, 95], inference={"tile": 64},
+        "tiny-a", "a tiny model", quality_range=[5, 95], inference={"tile": 64, "keep_444_chroma_from": 70},
         training={"steps": 120, "batch_size": 4, "crop": 64, "minutes": 2.6},
         scores={"validation": {"psnr": 30.123, "psnr_jpeg": 29.0, "q10": {}, "q50": {}}, "validation_set": "/data/LIVE1_color"},
     )  # fmt: skip
@@ -105,7 +105,7 @@ def test_models_prints_a_table(two_models, capsys) -> None:
     assert (
         "120 steps x 4 x 64px, 3 min" in a
         and "30.12 dB (JPEG 29.00), LIVE1_color" in a
-        and a.endswith("tiles of 64 (overlap 32)")
+        and a.endswith("tiles of 64 (overlap 32); 4:4:4 chroma kept from QF 70")
     )
     assert b.split()[:5] == ["tiny-b", "1", "(grey)", "-", f"{count['tiny-b'] / 1e6:.2f}M"] and b.endswith("whole images")
     assert not any("absent" in line for line in lines)

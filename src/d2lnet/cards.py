@@ -182,6 +182,13 @@ def _validation_qualities(scores: dict[str, Any]) -> list[int]:
     return sorted(int(key[1:]) for key in keys if key[:1] == "q" and key[1:].isdigit())
 
 
+def _inference(card: ModelCard) -> str:
+    """How the model runs by default: ``tiles of 256 (overlap 16); 4:4:4 chroma kept from QF 70``."""
+    layout = f"tiles of {card.tile} (overlap {card.overlap})" if card.tile else "whole images"
+    chroma = card.keep_444_chroma_from
+    return layout if chroma is None else f"{layout}; 4:4:4 chroma kept from QF {chroma}"
+
+
 def table(listings: list[Listing]) -> str:
     """The listings as an aligned text table, one row per model."""
     header = ("model", "channels", "quality", "params", "training (steps x batch x crop)", "validation PSNR", "inference")
@@ -195,7 +202,7 @@ def table(listings: list[Listing]) -> str:
             f"{listing.parameters / 1e6:.2f}M",
             _budget(card.training),
             _validation(card.scores),
-            f"tiles of {card.tile} (overlap {card.overlap})" if card.tile else "whole images",
+            _inference(card),
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
