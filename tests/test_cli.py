@@ -329,3 +329,26 @@ def test_models_table_shows_a_held_out_comparison_as_its_mean_over_qualities() -
     assert _validation({"validation": {"psnr": 30.0, "psnr_jpeg": 29.0}, "validation_set": "x/LIVE1_gray"}) == (
         "30.00 dB (JPEG 29.00), LIVE1_gray"
     )
+
+
+def test_commands_import_with_the_garbage_collector_off_and_freeze_what_they_imported() -> None:
+    """In a fresh interpreter (this one has imported everything already): the collector is off
+    during a command's first import and on after it, with the imported objects frozen; a second
+    import of nothing new freezes nothing more, and a collector the caller turned off stays off."""
+    script = """
+import gc
+from d2lnet.cli import _importing
+with _importing():
+    off_inside = not gc.isenabled()
+    import d2lnet.restore_cli
+first, on_after = gc.get_freeze_count(), gc.isenabled()
+with _importing():
+    import d2lnet.restore_cli
+second = gc.get_freeze_count()
+gc.disable()
+with _importing():
+    pass
+print(off_inside, on_after, gc.isenabled(), first > 100000, second == first)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True", "False", "True", "True"]
