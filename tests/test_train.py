@@ -411,7 +411,7 @@ def test_a_fine_tune_adds_its_budget_to_the_release_it_started_from(tmp_path, mo
     config.model.init_from = str(first)
     total = training_budget(config, step=30, world=1, clock=clock, device=torch.device("cpu"))["cumulative"]
     assert (total["steps"], total["images_seen"], total["cpu_hours"]) == (70, 220, 2.5)
-    assert total["runs"][0] == {"crop": 96, "steps": 40}
+    assert total["runs"][0] == {"recipe": None, "crop": 96, "steps": 40, "images_seen": 160, "cpu_hours": 1.5}
 
 
 def test_cpu_hours_count_each_session_at_its_own_thread_count(tmp_path, monkeypatch):

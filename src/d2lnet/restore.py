@@ -40,7 +40,6 @@ from PIL import Image
 from d2lnet.engine import Restorer, check_strength
 from d2lnet.images import SUPPORTED_MODES, LoadedImage, check_mode, to_supported
 from d2lnet.jpeg import (
-    SUBSAMPLING_NAMES,
     chroma_subsampling,
     estimate_quality,
     estimate_quality_from_pixels,
@@ -63,7 +62,7 @@ UNKNOWN_QUALITY = (
 )
 ESTIMATED_QUALITY = "not a JPEG file: quality {} estimated from the JPEG quantization its pixels show (--quality N overrides it)"
 FILE_CHROMA = (
-    "{} JPEG at quality {}: its chroma is kept as the file has it and only the luma restored "
+    "4:4:4 JPEG at quality {}: its chroma is kept as the file has it and only the luma restored "
     "(this model, trained on 4:2:0, loses on full-resolution chroma from quality {})"
 )
 
@@ -185,7 +184,7 @@ def restore_at(
     restored = restore_pil(loaded.image, restorer, quality, strength)
     if keeps_file_chroma(restorer, quality, loaded.subsampling):
         restored = with_chroma_of(restored, loaded.image)
-        notes.append(FILE_CHROMA.format(SUBSAMPLING_NAMES[0], quality, restorer.model.card.keep_444_chroma_from))
+        notes.append(FILE_CHROMA.format(quality, restorer.model.card.keep_444_chroma_from))
     converted = bool(loaded.notes)  # e.g. from CMYK: these pixels are not the file's components
     if project_jpeg and loaded.is_jpeg and loaded.path is not None and not converted:
         projected = project_onto_jpeg(restored, loaded.path, loaded.orientation)

@@ -599,13 +599,13 @@ def training_budget(config: TrainConfig, step: int, world: int, clock: RunClock,
     before: dict = {}
     if config.model.init_from:
         previous = model_card(config.model.init_from).training
-        # A card without a cumulative record started from scratch: its own budget is the total (the
-        # first bundled models, which predate cpu_hours, ran on one CPU thread each).
-        before = previous.get("cumulative") or {
-            "steps": previous.get("steps", 0), "images_seen": previous.get("images_seen", 0),
-            "cpu_hours": previous.get("cpu_hours", round(previous.get("minutes", 0) / 60, 2)),
-            "runs": [{"crop": previous.get("crop"), "steps": previous.get("steps", 0)}] if previous else [],
-        }  # fmt: skip
+        before = previous.get("cumulative")
+        if not before:  # a card that started from scratch: its own budget is the total and its only run
+            # (the first bundled models, which predate cpu_hours, ran on one CPU thread each)
+            only = {"recipe": previous.get("recipe"), "crop": previous.get("crop"), "steps": previous.get("steps", 0),
+                    "images_seen": previous.get("images_seen", 0),
+                    "cpu_hours": previous.get("cpu_hours", round(previous.get("minutes", 0) / 60, 2))}  # fmt: skip
+            before = {**{key: only[key] for key in ("steps", "images_seen", "cpu_hours")}, "runs": [only] if previous else []}
     this_run = {"recipe": config.name, "crop": config.data.crop, "steps": step, "images_seen": samples,
                 "cpu_hours": budget["cpu_hours"]}  # fmt: skip
     budget["cumulative"] = {
