@@ -213,3 +213,39 @@ def test_inverse_casts_to_the_dtype_and_layout_asked():
     torch.testing.assert_close(out, torch.fft.irfft2(s.detach(), s=(8, 8), norm="ortho").bfloat16(), rtol=0, atol=0)
     (grad,) = torch.autograd.grad(out.float().sum(), s)
     assert grad.dtype == torch.complex64
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 24, 160), (1, 5, 3, 4), (2, 1, 8, 8)])  # 2-D copies of >= 3600 and fewer
+@pytest.mark.parametrize(
+    "source, target", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float64,) * 2]
+)
+def test_relaid_is_the_plain_conversion_either_way(shape, source, target):
+    """relaid() copies each image as one matrix; the numbers, dtype and layout are those of
+    PyTorch's own ``x.to(dtype, memory_format=...)``, bit for bit, from and to either layout."""
+    torch.manual_seed(0)
+    planes = torch.randn(shape).to(source)
+    pixels = planes.contiguous(memory_format=torch.channels_last)
+    for x, channels_last in ((planes, True), (pixels, False), (pixels, True), (planes, False)):
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        got = fourier.relaid(x, target, channels_last)
+        assert got.dtype == target and got.is_contiguous(memory_format=layout)
+        assert torch.equal(got, x.to(dtype=target, memory_format=layout))
+
+
+def test_spectrum_of_a_channels_last_input_has_its_gradient_laid_out_alike():
+    """spectrum() of a channels-last image: rfft2's values, and autograd's gradient through
+    PyTorch's own transforms of the plain layout, returned channels-last like the input."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 64, 72, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.randn(2, 6, 64, 37, 3, dtype=torch.float64)
+    s, amplitude = fourier.spectrum(x)
+    loss = (torch.view_as_real(s) * weights[..., :2]).sum() + (amplitude * weights[..., 2]).sum()
+    (got,) = torch.autograd.grad(loss, x)
+    plain = x.detach().contiguous().requires_grad_()
+    expected_s = torch.fft.rfft2(plain, norm="ortho")
+    expected_loss = (torch.view_as_real(expected_s) * weights[..., :2]).sum()
+    expected_loss = expected_loss + ((expected_s.real**2 + expected_s.imag**2 + 1e-16).sqrt() * weights[..., 2]).sum()
+    (expected,) = torch.autograd.grad(expected_loss, plain)
+    torch.testing.assert_close(s, expected_s.detach(), rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

@@ -33,7 +33,47 @@ _EPS = 1e-8
 def _real(x: torch.Tensor) -> torch.Tensor:
     """``x`` as float32, or float64 if it is: never in half precision; and with each channel's
     plane contiguous, as the FFTs need (on a channels-last tensor they run 3-4x slower)."""
-    return x.to(dtype=torch.promote_types(x.dtype, torch.float32), memory_format=torch.contiguous_format)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    if is_channels_last(x) and not _traced():
+        return _Relayout.apply(x, dtype, False)
+    return x.to(dtype=dtype, memory_format=torch.contiguous_format)
+
+
+def relaid(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """``x`` (B, C, H, W) in ``dtype``, laid out channels-last or as planes: ``x.to(dtype,
+    memory_format=...)``, faster on the CPU.
+
+    Between the two layouts each image is a matrix transpose, (C, HW) <-> (HW, C). PyTorch copies
+    a 2-D transpose in cache-sized blocks, but a 4-D layout change element by element, reading or
+    writing planes a power of two apart (2 ns per element at 4x32x256x256 where the 2-D copies take
+    0.8), so each image is copied as one matrix, in the narrower of the two dtypes.
+    """
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if x.dim() != 4 or x.device.type != "cpu" or is_channels_last(x) == channels_last or x.shape[1] == 1 or _traced():
+        return x.to(dtype=dtype, memory_format=layout)
+    if dtype.itemsize < x.dtype.itemsize:
+        x = x.to(dtype)
+    b, c, h, w = x.shape
+    out = torch.empty(x.shape, dtype=x.dtype, memory_format=layout)
+    for i in range(b):
+        if channels_last:  # (C, HW) planes -> (HW, C) pixels
+            out[i].permute(1, 2, 0).view(h * w, c).copy_(x[i].reshape(c, h * w).t())
+        else:
+            out[i].view(c, h * w).copy_(x[i].permute(1, 2, 0).reshape(h * w, c).t())
+    return out.to(dtype)
+
+
+class _Relayout(torch.autograd.Function):
+    """:func:`relaid`, with the gradient laid out and typed as the input."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:  # noqa: ANN001
+        ctx.dtype, ctx.channels_last = x.dtype, is_channels_last(x)
+        return relaid(x, dtype, channels_last)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        return relaid(grad, ctx.dtype, ctx.channels_last), None, None
 
 
 def amplitude_phase(x: torch.Tensor, norm: FFTNorm = "ortho") -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,8 +306,7 @@ class _Inverse(torch.autograd.Function):
         ctx.norm, ctx.width = norm, size[-1]
         if x.dtype == dtype and not channels_last:
             return x
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        return torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=layout).copy_(x)
+        return relaid(x, dtype, channels_last)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:  # noqa: ANN001

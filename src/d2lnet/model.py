@@ -130,8 +130,10 @@ def _conv3x3(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
 
 
 def _pointwise(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
-    """The 1x1 convolution ``conv`` of ``z`` as a matrix product over its pixels, in ``z``'s dtype."""
-    return torch.einsum("oc,bchw->bohw", conv.weight.flatten(1).to(z.dtype), z) + conv.bias.to(z.dtype)[:, None, None]
+    """The 1x1 convolution ``conv`` of ``z`` (B, C, H, W) with contiguous planes, as one matrix
+    product per image over its pixels, in ``z``'s dtype (an einsum would first copy z to (C, B, H, W))."""
+    weight, bias = conv.weight.flatten(1).to(z.dtype), conv.bias.to(z.dtype)[:, None]
+    return torch.baddbmm(bias, weight.expand(z.shape[0], -1, -1), z.flatten(2)).view(z.shape[0], -1, *z.shape[2:])
 
 
 class HINResBlock(nn.Module):
