@@ -48,7 +48,7 @@ GROUPS = {  # profiler operator name -> group
         "slow_conv_transpose2d",
     ),
     # Eq. (8)'s 1x1 convolutions over the spectra run as these; so do the means and Linear layers.
-    "matrix products": ("mm", "bmm", "addmm", "matmul", "linear", "einsum"),
+    "matrix products": ("mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "einsum"),
     "fft": ("_fft_r2c", "_fft_c2r", "_fft_c2c"),
     "atan2/cos/sin": ("atan2", "cos", "sin"),
     "copies (dtype, layout)": ("copy_", "_to_copy", "clone", "contiguous"),
