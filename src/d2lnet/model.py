@@ -324,7 +324,7 @@ class QualityFiLM(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.linear(cond)[:, :, None, None].chunk(2, dim=1)
-        return x * (1 + gamma) + beta
+        return torch.addcmul(beta, x, 1 + gamma)  # x (1 + gamma) + beta in one pass over x
 
 
 class DualDomainBlock(nn.Module):
@@ -395,7 +395,7 @@ class DualDomainBlock(nn.Module):
             f_spa = self.film(f_spa, cond)
         f_fre = self.fourier(f_x)  # eqs. (7) and (8)
         f_dif = f_spa - f_fre  # eq. (9)
-        f_out = self.attention(f_dif) * f_spa + f_fre  # eq. (10)
+        f_out = torch.addcmul(f_fre, self.attention(f_dif), f_spa)  # eq. (10): SA(F_dif) F_spa + F_fre, one pass
         if self.block_identity:
             f_out = f_out + f_x
         return f_out
@@ -501,7 +501,7 @@ class SAM(nn.Module):
     def forward(self, features: torch.Tensor, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_out1 = self.to_image(features) + x_in
         gate = torch.sigmoid(self.from_image(x_out1))
-        x_amp = self.conv1(features) * gate + features
+        x_amp = torch.addcmul(features, self.conv1(features), gate)
         return x_amp, x_out1
 
 
@@ -525,7 +525,7 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
-        return self.excite(y) * y + x
+        return torch.addcmul(x, self.excite(y), y)
 
 
 class Refine(nn.Sequential):
