@@ -32,7 +32,8 @@ _EPS = 1e-8
 
 def _real(x: torch.Tensor) -> torch.Tensor:
     """``x`` as float32, or float64 if it is: never in half precision; and with each channel's
-    plane contiguous, as the FFTs need (on a channels-last tensor they run 3-4x slower)."""
+    plane contiguous, as the FFTs want (rfft2 of a channels-last batch of four 64x64 or 256x256
+    images took 1.1-1.5x as long as this copy and rfft2 of the planes, on an AMD EPYC)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     if is_channels_last(x) and not _traced():
         return _Relayout.apply(x, dtype, False)
