@@ -219,17 +219,23 @@ def test_inverse_casts_to_the_dtype_and_layout_asked():
 @pytest.mark.parametrize(
     "source, target", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float64,) * 2]
 )
-def test_relaid_is_the_plain_conversion_either_way(shape, source, target):
+@pytest.mark.parametrize("threads", [1, 2])  # one thread: every copy image by image; two: the narrowing one
+def test_relaid_is_the_plain_conversion_either_way(shape, source, target, threads):
     """relaid() copies each image as one matrix; the numbers, dtype and layout are those of
     PyTorch's own ``x.to(dtype, memory_format=...)``, bit for bit, from and to either layout."""
     torch.manual_seed(0)
     planes = torch.randn(shape).to(source)
     pixels = planes.contiguous(memory_format=torch.channels_last)
-    for x, channels_last in ((planes, True), (pixels, False), (pixels, True), (planes, False)):
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        got = fourier.relaid(x, target, channels_last)
-        assert got.dtype == target and got.is_contiguous(memory_format=layout)
-        assert torch.equal(got, x.to(dtype=target, memory_format=layout))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for x, channels_last in ((planes, True), (pixels, False), (pixels, True), (planes, False)):
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            got = fourier.relaid(x, target, channels_last)
+            assert got.dtype == target and got.is_contiguous(memory_format=layout)
+            assert torch.equal(got, x.to(dtype=target, memory_format=layout))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_spectrum_of_a_channels_last_input_has_its_gradient_laid_out_alike():

@@ -47,10 +47,14 @@ def relaid(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Te
     Between the two layouts each image is a matrix transpose, (C, HW) <-> (HW, C). PyTorch copies
     a 2-D transpose in cache-sized blocks, but a 4-D layout change element by element, reading or
     writing planes a power of two apart (2 ns per element at 4x32x256x256 where the 2-D copies take
-    0.8), so each image is copied as one matrix, in the narrower of the two dtypes.
+    0.8), so each image is copied as one matrix, in the narrower of the two dtypes. Those copies run
+    on one thread, PyTorch's own on all of them: with several threads only the copy that also
+    narrows (float32 to bf16, where the element-wise one is slowest) goes image by image.
     """
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if x.dim() != 4 or x.device.type != "cpu" or is_channels_last(x) == channels_last or x.shape[1] == 1 or _traced():
+        return x.to(dtype=dtype, memory_format=layout)
+    if torch.get_num_threads() > 1 and dtype.itemsize >= x.dtype.itemsize:
         return x.to(dtype=dtype, memory_format=layout)
     if dtype.itemsize < x.dtype.itemsize:
         x = x.to(dtype)
