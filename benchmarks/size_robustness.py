@@ -56,7 +56,7 @@ def main() -> None:
                 psnr = [metrics.psnr(gt, restorer.restore(lq, qf)) for gt, lq in pairs[qf]]
                 row = {"model": name, "tile": tile or "whole", "overlap": overlap, "quality": qf, "psnr": float(np.mean(psnr)),
                        "psnr_jpeg": float(np.mean([metrics.psnr(gt, lq) for gt, lq in pairs[qf]])),
-                       "seconds": time.perf_counter() - start}  # fmt: skip
+                       "seconds": time.perf_counter() - start, "psnr_images": [float(v) for v in psnr]}  # fmt: skip
                 results.append(row)
                 print(json.dumps(row), flush=True)
 

@@ -153,21 +153,29 @@ def _budget(training: dict[str, Any]) -> str:
     return ", ".join(t for t in (text, f"{training['minutes']:.0f} min" if "minutes" in training else "") if t) or "-"
 
 
-def _held_out(validation: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]] | None:
-    """Whole-image PSNR by QF (``q10``, ...) and the JPEG's, when the validation is a comparison on
-    held-out training images (``benchmarks/size_robustness.py``); None otherwise."""
-    whole, jpeg = validation.get("this_release", validation).get("whole"), validation.get("jpeg")
-    return (whole, jpeg) if isinstance(whole, dict) and isinstance(jpeg, dict) and whole.keys() == jpeg.keys() else None
+def _held_out(validation: dict[str, Any]) -> tuple[str, dict[str, float], dict[str, float]] | None:
+    """(policy, PSNR by QF (``q10``, ...), the JPEG's) when the validation is a comparison on
+    held-out training images (``benchmarks/size_robustness.py``): whole images when measured, else
+    the first tiling recorded (``tiles_256_16`` reads ``tiles 256/16``); None otherwise."""
+    measured, jpeg = validation.get("this_release", validation), validation.get("jpeg")
+    if not isinstance(jpeg, dict):
+        return None
+    policies = ["whole"] if "whole" in measured else [key for key in measured if key.startswith("tiles_")][:1]
+    for key in policies:
+        if isinstance(measured[key], dict) and measured[key].keys() == jpeg.keys():
+            label = key if key == "whole" else "tiles " + "/".join(key.split("_")[1:])
+            return label, measured[key], jpeg
+    return None
 
 
 def _validation(scores: dict[str, Any]) -> str:
     """``31.20 dB (JPEG 29.80), LIVE1_color``: the validation PSNR beside the JPEG input's; for a
-    held-out comparison, the mean over its quality factors of whole images."""
+    held-out comparison, the mean over its quality factors (whole images, or the card's tiles)."""
     validation = scores.get("validation", {})
     held_out = _held_out(validation)
     if held_out:
-        whole, jpeg = held_out
-        return f"{sum(whole.values()) / len(whole):.2f} dB (JPEG {sum(jpeg.values()) / len(jpeg):.2f}), held-out, whole"
+        policy, psnr, jpeg = held_out
+        return f"{sum(psnr.values()) / len(psnr):.2f} dB (JPEG {sum(jpeg.values()) / len(jpeg):.2f}), held-out, {policy}"
     if "psnr" not in validation:
         return "-"
     text = f"{validation['psnr']:.2f} dB" + (f" (JPEG {validation['psnr_jpeg']:.2f})" if "psnr_jpeg" in validation else "")
@@ -178,7 +186,7 @@ def _validation_qualities(scores: dict[str, Any]) -> list[int]:
     """The quality factors the validation scores are a mean over (its ``q10``, ``q50``, ... entries)."""
     validation = scores.get("validation", {})
     held_out = _held_out(validation)
-    keys = held_out[1] if held_out else validation
+    keys = held_out[2] if held_out else validation
     return sorted(int(key[1:]) for key in keys if key[:1] == "q" and key[1:].isdigit())
 
 
