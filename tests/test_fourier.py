@@ -215,6 +215,28 @@ def test_inverse_casts_to_the_dtype_and_layout_asked():
     assert grad.dtype == torch.complex64
 
 
+@pytest.mark.parametrize("chunk", [1, 40, 60])  # a plane per call; two; three, the last call short
+@pytest.mark.parametrize("norm", ["ortho", "backward"])
+@pytest.mark.parametrize("size", [(5, 6), (4, 7)])
+def test_inverse_in_chunks_of_planes_matches_numpy(monkeypatch, chunk, norm, size):
+    """On the CPU the inverse transform runs a few planes per call (``_INVERSE_CHUNK`` coefficients):
+    every plane must come back in its place, for even and odd widths, in the forward pass and in
+    the spectrum's backward (the adjoint of rfft2 is this inverse)."""
+    monkeypatch.setattr(fourier, "_INVERSE_CHUNK", chunk)
+    torch.manual_seed(0)
+    s = torch.randn(2, 5, size[0], size[1] // 2 + 1, dtype=torch.complex128)
+    expected = np.fft.irfft2(s.numpy(), s=size, norm=norm)
+    np.testing.assert_allclose(fourier.inverse(s, size, norm).numpy(), expected, rtol=1e-12, atol=1e-12)
+
+    x = torch.randn(2, 5, *size, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, size[0], size[1] // 2 + 1, dtype=torch.float64)
+    spectrum, amplitude = fourier.spectrum(x, norm)
+    (got,) = torch.autograd.grad((spectrum.imag * weights + amplitude * weights.flip(0)).sum(), x)
+    plain = torch.fft.rfft2(x, norm=norm)
+    (want,) = torch.autograd.grad((plain.imag * weights + plain.abs() * weights.flip(0)).sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(3, 32, 24, 160), (1, 5, 3, 4), (2, 1, 8, 8)])  # 2-D copies of >= 3600 and fewer
 @pytest.mark.parametrize(
     "source, target", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float64,) * 2]
