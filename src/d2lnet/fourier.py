@@ -335,10 +335,10 @@ def _irfft2(s: torch.Tensor, size: tuple[int, int], norm: FFTNorm) -> torch.Tens
     Under autograd (the literal reference path), off the CPU, or traced, it is one call.
     """
     height, half = s.shape[-2:]
-    planes = s.reshape(-1, height, half)
     step = max(1, _INVERSE_CHUNK // (height * half))
-    if planes.shape[0] <= step or s.device.type != "cpu" or (s.requires_grad and torch.is_grad_enabled()) or _traced():
+    if s.numel() <= step * height * half or s.device.type != "cpu" or (s.requires_grad and torch.is_grad_enabled()) or _traced():
         return torch.fft.irfft(torch.fft.ifft(s, dim=-2, norm=norm), n=size[-1], dim=-1, norm=norm)
+    planes = s.reshape(-1, height, half)
     out = planes.real.new_empty(planes.shape[0], height, size[-1])
     for start in range(0, planes.shape[0], step):
         chunk = planes[start : start + step]
