@@ -154,7 +154,7 @@ def test_phase_and_amplitude_swap_gradients_against_finite_differences_and_autog
     weights = torch.randn(2, 3, 4, 5, 3, dtype=torch.float64)
 
     def plain_phase(s):
-        return torch.atan2(s.imag, s.real + (s.real == 0) * 1e-8)
+        return torch.atan2(s.imag, s.real + (s.real == 0).to(s.real.dtype) * 1e-8)  # the indicator in s's precision
 
     def plain_swap(s, amplitude, new):
         scale = new / amplitude
