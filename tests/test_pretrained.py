@@ -103,6 +103,8 @@ def test_bundled_cards_budgets_add_up(name):
     if total is None:
         pytest.skip(f"{name} was trained in one run")
     runs = total["runs"]
+    listed = [json.dumps(run, sort_keys=True) for run in runs]
+    assert len(set(listed)) == len(listed), "a run is listed twice (a card rebuilt from its own output)"
     assert total["steps"] == sum(run["steps"] for run in runs)
     assert total["images_seen"] == sum(run["images_seen"] for run in runs)
     assert total["cpu_hours"] == pytest.approx(sum(run["cpu_hours"] for run in runs), abs=0.01)
