@@ -158,14 +158,11 @@ def _held_out(validation: dict[str, Any]) -> tuple[str, dict[str, float], dict[s
     held-out training images (``benchmarks/size_robustness.py``): whole images when measured, else
     the first tiling recorded (``tiles_256_16`` reads ``tiles 256/16``); None otherwise."""
     measured, jpeg = validation.get("this_release", validation), validation.get("jpeg")
-    if not isinstance(jpeg, dict):
+    key = "whole" if "whole" in measured else next((key for key in measured if key.startswith("tiles_")), None)
+    psnr = measured.get(key)
+    if not (isinstance(psnr, dict) and isinstance(jpeg, dict) and psnr.keys() == jpeg.keys()):
         return None
-    policies = ["whole"] if "whole" in measured else [key for key in measured if key.startswith("tiles_")][:1]
-    for key in policies:
-        if isinstance(measured[key], dict) and measured[key].keys() == jpeg.keys():
-            label = key if key == "whole" else "tiles " + "/".join(key.split("_")[1:])
-            return label, measured[key], jpeg
-    return None
+    return (key if key == "whole" else "tiles " + "/".join(key.split("_")[1:])), psnr, jpeg
 
 
 def _validation(scores: dict[str, Any]) -> str:
