@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -21,3 +23,14 @@ def tiny_model(kind: Literal["identity", "busy"] = "busy", channels: int = 3, se
                 conv.weight.normal_(0, 0.05)
                 conv.bias.normal_(0, 0.05)
     return model.eval()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch on ``threads`` threads meanwhile (the tests' own count afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

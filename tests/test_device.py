@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import torch_threads
 
 from d2lnet import device
 
 
 def test_set_threads_obeys_an_explicit_count_and_refuses_zero():
-    before = torch.get_num_threads()
-    try:
+    with torch_threads(torch.get_num_threads()):
         assert device.set_threads(1) == 1 and torch.get_num_threads() == 1
         with pytest.raises(ValueError, match="at least 1"):
             device.set_threads(0)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_compiled_falls_back_to_the_module_with_one_warning(monkeypatch, capsys):

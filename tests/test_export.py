@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import tiny_model, torch_threads
 
 from d2lnet.cli import main
 from d2lnet.export import ExportGraph, atan2_ieee, irfft2_via_ifft, irfft_via_ifft, rfft2_via_fft2
@@ -109,10 +109,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     weights = save_release(tiny_model("busy"), folder / "tiny-busy.safetensors", ModelCard("tiny-busy", "for tests"))
     output = folder / "tiny-busy.onnx"
     stdout = io.StringIO()
-    threads = torch.get_num_threads()
-    with contextlib.redirect_stdout(stdout):
+    with contextlib.redirect_stdout(stdout), torch_threads(torch.get_num_threads()):  # export sets its own
         status = main(["export", str(weights), "-o", str(output)])
-    torch.set_num_threads(threads)
     return {"status": status, "stdout": stdout.getvalue(), "path": output, "model": load_model(weights)}
 
 

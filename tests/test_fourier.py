@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import torch_threads
 
 from d2lnet import fourier
 from d2lnet.fourier import amplitude_phase, from_amplitude_phase, swap_amplitude
@@ -248,16 +249,12 @@ def test_relaid_is_the_plain_conversion_either_way(shape, source, target, thread
     torch.manual_seed(0)
     planes = torch.randn(shape).to(source)
     pixels = planes.contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for x, channels_last in ((planes, True), (pixels, False), (pixels, True), (planes, False)):
             layout = torch.channels_last if channels_last else torch.contiguous_format
             got = fourier.relaid(x, target, channels_last)
             assert got.dtype == target and got.is_contiguous(memory_format=layout)
             assert torch.equal(got, x.to(dtype=target, memory_format=layout))
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_spectrum_of_a_channels_last_input_has_its_gradient_laid_out_alike():
