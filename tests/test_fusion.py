@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_model, torch_threads
 from torch import nn
 
+from d2lnet import fusion
 from d2lnet.engine import Restorer
 from d2lnet.fusion import ConvActivation, _fused_op_available, fuse_activations
 from d2lnet.model import build
@@ -111,3 +116,90 @@ def test_the_restorer_runs_the_fused_model_unless_compiled():
     model = build("d2lnet-xs")
     assert any(isinstance(m, ConvActivation) for m in Restorer(model, "cpu").net.modules())
     assert not any(isinstance(m, ConvActivation) for m in model.modules())
+
+
+needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch has no NNPACK")
+
+
+@pytest.fixture
+def winograd(monkeypatch):
+    """NNPACK's Winograd convolutions taken wherever they may run, whatever this CPU's kernels are;
+    returns the list of shapes they ran on."""
+    monkeypatch.setattr(fusion, "_nnpack_on_avx2", lambda: True)
+    shapes = []
+    run = ConvActivation._winograd
+    monkeypatch.setattr(ConvActivation, "_winograd", lambda self, x: shapes.append(tuple(x.shape)) or run(self, x))
+    return shapes
+
+
+@needs_onednn
+@needs_nnpack
+@pytest.mark.parametrize("activation", [nn.LeakyReLU(0.2), nn.ReLU(), None], ids=["leaky_relu", "relu", "none"])
+def test_winograd_convolution_is_the_convolution_then_the_activation(winograd, activation):
+    """Three different images (their order matters), odd sizes, no bias: the float64 convolution,
+    then max(y, 0) + slope * min(y, 0); Winograd's transforms round a little more than oneDNN's."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, padding=1, bias=activation is None)
+    x = torch.randn(3, 6, 13, 22)
+    y = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), padding=1)
+    slope = 1.0 if activation is None else getattr(activation, "negative_slope", 0.0)
+    expected = (y.clamp(min=0) + slope * y.clamp(max=0)).float()
+    with torch.inference_mode():
+        got = ConvActivation(conv, activation)(x)
+    assert winograd == [(3, 6, 13, 22)]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "kernel, stride, dilation, groups", [(1, 1, 1, 1), (4, 2, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (3, 1, 1, 2)]
+)
+def test_winograd_is_only_for_dense_3x3_convolutions_of_stride_1(winograd, kernel, stride, dilation, groups):
+    conv = nn.Conv2d(4, 4, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation, groups=groups)
+    with torch.inference_mode():
+        ConvActivation(conv)(torch.randn(1, 4, 16, 16))
+    assert winograd == []
+
+
+@needs_onednn
+def test_winograd_runs_on_one_thread_in_float32_inference_of_contiguous_images(winograd):
+    conv = ConvActivation(nn.Conv2d(4, 4, 3, padding=1), nn.LeakyReLU(0.2))
+    x = torch.randn(1, 4, 16, 16)
+    cpu = torch.device("cpu")
+    assert fusion.winograd_pays(cpu, "fp32")
+    assert not fusion.winograd_pays(cpu, "bf16") and not fusion.winograd_pays(torch.device("meta"), "fp32")
+    with torch_threads(2):
+        assert not fusion.winograd_pays(cpu, "fp32")
+        with torch.inference_mode():
+            conv(x)
+    with torch.inference_mode():
+        conv(x.contiguous(memory_format=torch.channels_last))  # NNPACK reads NCHW: oneDNN's layout stays with oneDNN
+        with torch.autocast("cpu", torch.bfloat16):
+            assert not fusion.winograd_pays(cpu, "fp32")
+            conv(x)
+    conv(x)  # autograd: the plain modules
+    assert winograd == []
+
+
+def test_winograd_waits_for_an_avx2_cpu(monkeypatch):
+    monkeypatch.setattr(fusion, "_nnpack_on_avx2", lambda: False)
+    assert not fusion.winograd_pays(torch.device("cpu"), "fp32")
+
+
+@needs_onednn
+@needs_nnpack
+def test_the_restorer_lays_the_model_out_for_winograd_when_it_pays(winograd):
+    """In contiguous memory (NNPACK's), restoring what the channels-last oneDNN path restores;
+    on two threads, channels-last without Winograd."""
+    model = tiny_model("busy")
+    image = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    fast = Restorer(copy.deepcopy(model), "cpu", "fp32", tile=None)
+    assert fast.memory_format == torch.contiguous_format
+    got = fast.restore_tensor(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, quality=20)
+    assert winograd and all(len(shape) == 4 for shape in winograd)
+    with torch_threads(2):
+        plain = Restorer(copy.deepcopy(model), "cpu", "fp32", tile=None)
+        assert plain.memory_format == torch.channels_last
+        expected = plain.restore_tensor(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, quality=20)
+    assert (got - expected).abs().max() < 1e-4
+    assert (expected - torch.from_numpy(image).permute(2, 0, 1)[None] / 255).abs().max() > 1e-2  # the model does something

@@ -23,7 +23,7 @@ import torch
 
 from d2lnet.cards import overlap_for
 from d2lnet.device import Compiled, Precision, autocast, available_memory, resolve_device, resolve_precision
-from d2lnet.fusion import fuse_activations
+from d2lnet.fusion import fuse_activations, winograd_pays
 from d2lnet.images import to_image, to_tensor
 from d2lnet.jpeg import BLOCK as JPEG_BLOCK
 from d2lnet.model import D2LNet
@@ -146,8 +146,12 @@ class Restorer:
             raise ValueError(f"overlap must be a non-negative multiple of 8, got {overlap}")
         if tile_batch is not None and tile_batch < 1:
             raise ValueError(f"tile_batch must be a positive number of tiles or None, got {tile_batch}")
-        # Channels-last: oneDNN's fast layout on CPUs (12% faster in fp32, 1.6x in bf16), cuDNN's for bf16.
-        self.memory_format = torch.channels_last if self.device.type == "cpu" or precision != "fp32" else torch.contiguous_format
+        # Channels-last: oneDNN's fast layout on CPUs (12% faster in fp32, 1.6x in bf16), cuDNN's for bf16;
+        # but contiguous where NNPACK's Winograd convolutions pay (on one thread when this is built), which read it.
+        channels_last = (
+            precision != "fp32" or self.device.type == "cpu" and (compile or not winograd_pays(self.device, precision))
+        )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         # Compiled: Inductor fuses on its own. Eager on the CPU: every convolution through oneDNN, with
         # its activation where one follows (d2lnet.fusion); elsewhere the copy would only run the plain modules.
