@@ -1,7 +1,8 @@
 """A d2lnet-s forward pass and training step under several code trees, interleaved; and where the time goes.
 
 The forward pass is the engine's: with convolutions fused with their activations where the tree
-has :mod:`d2lnet.fusion`; and each worker keeps freed memory as the commands do where the tree
+has :mod:`d2lnet.fusion`, in NCHW memory where its Winograd convolutions pay (one thread, float32,
+AVX2 kernels); and each worker keeps freed memory as the commands do where the tree
 has :mod:`d2lnet.allocator`.
 
 Each variant is ``NAME=SRC``: the package under SRC (for the previous commit,
@@ -42,17 +43,19 @@ def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> di
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build("d2lnet-s").to(memory_format=torch.channels_last)
+    layout = torch.channels_last
+    try:  # inference as the engine runs it, in trees that fuse convolutions with their activations
+        from d2lnet import fusion
+    except ImportError:
+        fusion = None
+    if kind == "forward" and getattr(fusion, "winograd_pays", lambda device, precision: False)(torch.device("cpu"), precision):
+        layout = torch.contiguous_format  # NNPACK's Winograd convolutions read NCHW
+    model = build("d2lnet-s").to(memory_format=layout)
     model.eval() if kind == "forward" else model.train()
-    if kind == "forward":
-        try:  # inference as the engine runs it, in trees that fuse convolutions with their activations
-            from d2lnet.fusion import fuse_activations
-        except ImportError:
-            pass
-        else:
-            model = fuse_activations(model)
+    if kind == "forward" and fusion is not None:
+        model = fusion.fuse_activations(model)
     shape = (1, 3, size, size) if kind == "forward" else (4, 3, size, size)
-    x = torch.rand(*shape).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(*shape).contiguous(memory_format=layout)
     run = (forward_step if kind == "forward" else train_step)(model, x, precision == "bf16")
     run()
     times = []

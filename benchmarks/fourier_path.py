@@ -32,7 +32,6 @@ from d2lnet.model import DualDomainBlock, build
 
 GROUPS = {  # profiler operator name -> group
     "convolution": (  # every path PyTorch may take for a Conv2d or ConvTranspose2d, oneDNN's or its own
-        "conv",
         "conv2d",
         "conv_transpose2d",
         "convolution",
@@ -46,6 +45,7 @@ GROUPS = {  # profiler operator name -> group
         "_slow_conv2d_forward",
         "_slow_conv2d_backward",
         "slow_conv_transpose2d",
+        "_nnpack_spatial_convolution",  # d2lnet.fusion's Winograd path
     ),
     # Eq. (8)'s 1x1 convolutions over the spectra run as these; so do the means and Linear layers.
     "matrix products": ("mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "einsum"),

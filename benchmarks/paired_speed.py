@@ -53,10 +53,13 @@ def load_tree(src: str) -> dict[str, types.ModuleType]:
 
 def forward_call(tree: dict, size: int, bf16: bool) -> Callable[[], None]:
     torch.manual_seed(0)
-    model = tree["model"].build("d2lnet-s").to(memory_format=torch.channels_last).eval()
-    if "fusion" in tree:  # inference as the engine runs it
+    # Inference as the engine runs it: channels-last, or NCHW where the tree's Winograd convolutions pay.
+    pays = getattr(tree.get("fusion"), "winograd_pays", lambda device, precision: False)
+    layout = torch.contiguous_format if pays(torch.device("cpu"), "bf16" if bf16 else "fp32") else torch.channels_last
+    model = tree["model"].build("d2lnet-s").to(memory_format=layout).eval()
+    if "fusion" in tree:
         model = tree["fusion"].fuse_activations(model)
-    return forward_step(model, torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last), bf16)
+    return forward_step(model, torch.rand(1, 3, size, size).contiguous(memory_format=layout), bf16)
 
 
 def train_call(tree: dict, crop: int, bf16: bool) -> Callable[[], None]:
