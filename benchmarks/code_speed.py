@@ -43,13 +43,23 @@ def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> di
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    layout = torch.channels_last
     try:  # inference as the engine runs it, in trees that fuse convolutions with their activations
         from d2lnet import fusion
     except ImportError:
         fusion = None
-    if kind == "forward" and getattr(fusion, "winograd_pays", lambda device, precision: False)(torch.device("cpu"), precision):
-        layout = torch.contiguous_format  # NNPACK's Winograd convolutions read NCHW
+    try:  # the layouts the engine and the trainer pick, in trees that pick them
+        from d2lnet.device import training_channels_last
+    except ImportError:
+        training_channels_last = lambda device, precision: True  # noqa: E731
+    try:
+        from d2lnet.winograd import winograd_pays
+    except ImportError:
+        winograd_pays = lambda device, precision: False  # noqa: E731
+    cpu = torch.device("cpu")
+    if kind == "forward":  # NNPACK's Winograd convolutions read NCHW
+        layout = torch.contiguous_format if winograd_pays(cpu, precision) else torch.channels_last
+    else:
+        layout = torch.channels_last if training_channels_last(cpu, precision) else torch.contiguous_format
     model = build("d2lnet-s").to(memory_format=layout)
     model.eval() if kind == "forward" else model.train()
     if kind == "forward" and fusion is not None:

@@ -78,17 +78,19 @@ def train_step(
     model, x: torch.Tensor, bf16: bool, train: types.ModuleType | None = None, losses: types.ModuleType | None = None
 ) -> Callable[[], None]:
     """The trainer's step: forward, loss, backward, gradient clipping, Adam (the tree's own, where
-    it has one: ``d2lnet.train.adam``) and the EMA of the weights; with the ``d2lnet.train`` and
-    ``d2lnet.losses`` imported, or those given (another code tree's)."""
+    it has one: ``d2lnet.train.adam``) and the EMA of the weights, the convolutions routed as the
+    tree's trainer routes them (``winograd_convolutions``, where it has it); with the
+    ``d2lnet.train`` and ``d2lnet.losses`` imported, or those given (another code tree's)."""
     if train is None:
         from d2lnet import train
     optimizer = getattr(train, "adam", torch.optim.Adam)(model.parameters(), lr=1e-6)
     criterion = (D2LLoss if losses is None else losses.D2LLoss)(0.0, model.config.fft_norm)
     ema = copy.deepcopy(model).requires_grad_(False)
     qf = torch.full((x.shape[0],), 30.0)
+    routed = getattr(train, "winograd_convolutions", lambda device, precision: contextlib.nullcontext())
 
     def run() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), routed(torch.device("cpu"), "bf16" if bf16 else "fp32"):
             out = model(x, qf)
         loss = criterion(out.out1.float(), out.out2.float(), x).total
         optimizer.zero_grad(set_to_none=True)

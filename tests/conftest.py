@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from d2lnet import winograd
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("D2LNET_DATA", REPO.parent / "shared" / "data"))
 
@@ -59,3 +61,10 @@ def rgb_image() -> np.ndarray:
     g = np.where((x // 8 + y // 8) % 2 == 0, 200, 50)
     b = 255 * (y / 44.0)
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch) -> None:
+    """NNPACK's Winograd convolutions taken wherever they may run (``d2lnet.winograd.winograd_pays``:
+    one thread, float32), whatever this CPU's kernels are."""
+    monkeypatch.setattr(winograd, "_nnpack_on_avx2", lambda: True)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from helpers import tiny_model, torch_threads
 from torch import nn
 
-from d2lnet import fusion
 from d2lnet.engine import Restorer
 from d2lnet.fusion import ConvActivation, _fused_op_available, fuse_activations
 from d2lnet.model import build
@@ -122,10 +121,8 @@ needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(), reason="this Py
 
 
 @pytest.fixture
-def winograd(monkeypatch):
-    """NNPACK's Winograd convolutions taken wherever they may run, whatever this CPU's kernels are;
-    returns the list of shapes they ran on."""
-    monkeypatch.setattr(fusion, "_nnpack_on_avx2", lambda: True)
+def winograd(winograd_everywhere, monkeypatch) -> list[tuple]:
+    """The shapes that NNPACK's Winograd convolutions ran on, taken wherever they may run."""
     shapes = []
     run = ConvActivation._winograd
     monkeypatch.setattr(ConvActivation, "_winograd", lambda self, x: shapes.append(tuple(x.shape)) or run(self, x))
@@ -165,25 +162,14 @@ def test_winograd_is_only_for_dense_3x3_convolutions_of_stride_1(winograd, kerne
 def test_winograd_runs_on_one_thread_in_float32_inference_of_contiguous_images(winograd):
     conv = ConvActivation(nn.Conv2d(4, 4, 3, padding=1), nn.LeakyReLU(0.2))
     x = torch.randn(1, 4, 16, 16)
-    cpu = torch.device("cpu")
-    assert fusion.winograd_pays(cpu, "fp32")
-    assert not fusion.winograd_pays(cpu, "bf16") and not fusion.winograd_pays(torch.device("meta"), "fp32")
-    with torch_threads(2):
-        assert not fusion.winograd_pays(cpu, "fp32")
-        with torch.inference_mode():
-            conv(x)
+    with torch_threads(2), torch.inference_mode():
+        conv(x)
     with torch.inference_mode():
         conv(x.contiguous(memory_format=torch.channels_last))  # NNPACK reads NCHW: oneDNN's layout stays with oneDNN
         with torch.autocast("cpu", torch.bfloat16):
-            assert not fusion.winograd_pays(cpu, "fp32")
             conv(x)
     conv(x)  # autograd: the plain modules
     assert winograd == []
-
-
-def test_winograd_waits_for_an_avx2_cpu(monkeypatch):
-    monkeypatch.setattr(fusion, "_nnpack_on_avx2", lambda: False)
-    assert not fusion.winograd_pays(torch.device("cpu"), "fp32")
 
 
 @needs_onednn

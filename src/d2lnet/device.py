@@ -91,7 +91,7 @@ def training_channels_last(device: torch.device, precision: Precision) -> bool:
     longer in channels-last there, and 1.03x to 1.28x shorter with AVX-512 kernels
     (``benchmarks/train_layout.py``). Inference gains from channels-last on every CPU, so
     ``Restorer`` uses it there, except on one thread in float32 of an AVX2 CPU, where NNPACK's
-    Winograd convolutions, which read the plain layout, are faster (``d2lnet.fusion``)."""
+    Winograd convolutions, which read the plain layout, are faster (``d2lnet.winograd``)."""
     if precision != "fp32":
         return True
     return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")

@@ -23,10 +23,11 @@ import torch
 
 from d2lnet.cards import overlap_for
 from d2lnet.device import Compiled, Precision, autocast, available_memory, resolve_device, resolve_precision
-from d2lnet.fusion import fuse_activations, winograd_pays
+from d2lnet.fusion import fuse_activations
 from d2lnet.images import to_image, to_tensor
 from d2lnet.jpeg import BLOCK as JPEG_BLOCK
 from d2lnet.model import D2LNet
+from d2lnet.winograd import winograd_pays
 
 TileSpec = int | None | Literal["auto"]  # pixels, whole images, or chosen per image by auto_tile
 

@@ -12,28 +12,20 @@ oneDNN, and on an AMD EPYC that path (MKL's) runs 2.4-3x slower (a 64-to-32-chan
 convolution at 256x256: 3.9 ms against 1.3 ms). It computes the same function; outside CPU
 inference (autograd, CUDA, a PyTorch without the oneDNN op) it runs the plain modules as before.
 
-On one thread of a CPU whose kernels are AVX2 (no AVX-512), float32 3x3 convolutions of stride 1
-run through NNPACK's Winograd kernels instead (:func:`winograd_pays`): oneDNN's direct AVX2
-convolution computes every product, Winograd's F(6x6, 3x3) a fifth as many. Held to AVX2, one
-thread, a 3x3 convolution of one 184x208 image took 5.3 ms against oneDNN's 6.3 with 32 channels
-and 2.1 against 6.4 with 128 (at a quarter of the side); a d2lnet-s forward at 256x256 0.81-0.83 s
-against 1.04-1.08. NNPACK's own threads scale poorly beside PyTorch's (0.62-0.79 s on two threads,
-oneDNN 0.55-0.64), and with AVX-512 oneDNN is faster at 32 channels, so it runs only on one thread
-of an AVX2 CPU: the default restore of a machine that another process keeps busy. Its results
-differ from oneDNN's by about 1e-5 of their range (README, "Speed on the CPU").
+On one thread of a CPU whose kernels are AVX2, float32 3x3 convolutions of stride 1 run through
+NNPACK's Winograd kernels instead (:mod:`d2lnet.winograd`), the activation in place after them.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lnet.device import Precision
 from d2lnet.model import ChannelAttention, ConvBlock, D2LNet, DualDomainBlock, HINResBlock
+from d2lnet.winograd import conv3x3, winograd_pays, winograd_shape
 
 Activation = nn.LeakyReLU | nn.ReLU
 
@@ -63,7 +55,7 @@ class ConvActivation(nn.Module):
         else:
             self.attr, self.scalars = "none", []
         self.fused = _fused_op_available()
-        self.winograd = _winograd_shape(conv)
+        self.winograd = winograd_shape(conv.kernel_size, conv.stride, conv.dilation, conv.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused or x.device.type != "cpu" or torch.is_grad_enabled():
@@ -80,36 +72,12 @@ class ConvActivation(nn.Module):
         )  # fmt: skip
 
     def _winograd(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution by NNPACK, image by image (its batched path is slower), then the activation in place."""
-        conv = self.conv
-        weight = conv.weight.contiguous()
-        images = [torch._nnpack_spatial_convolution(image, weight, conv.bias, conv.padding) for image in x.split(1)]
-        y = images[0] if len(images) == 1 else torch.cat(images)
+        y = conv3x3(x, self.conv.weight, self.conv.bias, self.conv.padding)
         if self.attr == "leaky_relu":
             F.leaky_relu_(y, self.scalars[0])
         elif self.attr == "relu":
             y.relu_()
         return y
-
-
-def _winograd_shape(conv: nn.Conv2d) -> bool:
-    """Whether NNPACK computes this convolution with Winograd's algorithm: 3x3, stride 1, dense."""
-    return conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-
-
-@functools.cache
-def _nnpack_on_avx2() -> bool:
-    # _nnpack_available() also initialises NNPACK, which its convolution does not do itself.
-    return torch.backends.cpu.get_cpu_capability() == "AVX2" and torch._nnpack_available()
-
-
-def winograd_pays(device: torch.device, precision: Precision) -> bool:
-    """Whether float32 3x3 convolutions run through NNPACK's Winograd kernels now, and so the model
-    in contiguous (NCHW) memory, which NNPACK reads: CPU inference in float32 on one thread of a CPU
-    whose PyTorch kernels are AVX2 (``ATEN_CPU_CAPABILITY=avx2`` holds an AVX-512 CPU to them)."""
-    if device.type != "cpu" or precision != "fp32" or torch.get_num_threads() != 1 or torch.is_autocast_enabled("cpu"):
-        return False
-    return _nnpack_on_avx2()
 
 
 def _fusable(conv: nn.Module) -> bool:

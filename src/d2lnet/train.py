@@ -69,6 +69,7 @@ from d2lnet.losses import D2LLoss, LossTerms
 from d2lnet.model import CONFIGS, D2LNet, D2LNetConfig, build
 from d2lnet.pretrained import PRETRAINED, ModelCard, load_model, model_card, save_release
 from d2lnet.progress import Progress
+from d2lnet.winograd import winograd_convolutions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -528,7 +529,7 @@ def train_step(
     lq = batch["lq"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
     gt = batch["gt"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
     qf = hide_quality(batch["qf"].to(device=device, dtype=torch.float32), config.optim.qf_dropout, config.run.seed, state.step)
-    with autocast(device, precision):
+    with autocast(device, precision), winograd_convolutions(device, precision):
         out = net(lq, qf)
     loss = criterion(out.out1.float(), out.out2.float(), gt)
     state.optimizer.zero_grad(set_to_none=True)
