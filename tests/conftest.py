@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,12 @@ def rgb_image() -> np.ndarray:
 
 
 @pytest.fixture
-def winograd_everywhere(monkeypatch) -> None:
+def winograd_everywhere(monkeypatch) -> Iterator[None]:
     """NNPACK's Winograd convolutions taken wherever they may run (``d2lnet.winograd.winograd_pays``:
-    one thread, float32), whatever this CPU's kernels are."""
+    one thread, float32), whatever this CPU's kernels are; on one thread meanwhile, whatever
+    an earlier test's command chose."""
     monkeypatch.setattr(winograd, "_nnpack_on_avx2", lambda: True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
