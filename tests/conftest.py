@@ -67,9 +67,9 @@ def rgb_image() -> np.ndarray:
 @pytest.fixture
 def winograd_everywhere(monkeypatch) -> Iterator[None]:
     """NNPACK's Winograd convolutions taken wherever they may run (``d2lnet.winograd.winograd_pays``:
-    one thread, float32), whatever this CPU's kernels are; on one thread meanwhile, whatever
-    an earlier test's command chose."""
-    monkeypatch.setattr(winograd, "_nnpack_on_avx2", lambda: True)
+    one thread, float32), whatever this CPU's kernels are, if this PyTorch has NNPACK (asking
+    also initialises it); on one thread meanwhile, whatever an earlier test's command chose."""
+    monkeypatch.setattr(winograd, "_nnpack_on_avx2", torch._nnpack_available)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

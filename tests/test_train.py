@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from d2lnet import winograd
 from d2lnet.checkpoint import Checkpoint
 from d2lnet.data import Degradations, JPEGTrainSet, QualitySampler
 from d2lnet.losses import D2LLoss
@@ -64,6 +65,21 @@ def test_smoke_recipe_lowers_the_loss(image_folder, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 40 and all("lr" in r and "loss" in r for r in records)
     assert (tmp_path / "run" / "release.safetensors").is_file()
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch has no NNPACK")
+def test_the_trainer_routes_3x3_convolutions_through_winograd_where_it_pays(
+    image_folder, tmp_path, winograd_everywhere, monkeypatch
+):
+    """In float32 NCHW on one thread of an AVX2 CPU (here: wherever it may run) the training step's
+    3x3 convolutions go through d2lnet.winograd.Conv3x3."""
+    calls = []
+    apply = winograd.Conv3x3.apply
+    monkeypatch.setattr(winograd.Conv3x3, "apply", lambda *args: calls.append(args[0].shape) or apply(*args))
+    config = _recipe(image_folder, steps=2)
+    config.run.channels_last, config.run.precision = False, "fp32"
+    train(config, tmp_path / "run")
+    assert len(calls) > 20 and all(shape[0] == config.optim.batch_size for shape in calls)
 
 
 def test_resumed_run_ends_with_the_same_weights(image_folder, tmp_path, monkeypatch):
