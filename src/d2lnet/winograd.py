@@ -102,6 +102,7 @@ class _WinogradConv2d(TorchFunctionMode):
                 and _pair(padding) == (1, 1)
                 and winograd_shape(weight.shape[2:], _pair(stride), _pair(dilation), groups)
                 and x.dim() == 4
+                and x.device.type == "cpu"
                 and x.dtype == weight.dtype == torch.float32
                 and x.is_contiguous()
             ):
