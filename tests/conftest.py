@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,11 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_thread():
     """Test models and images are tiny: one thread is fastest, and on a shared CPU (a training
-    run beside the tests) OpenMP threads waiting on each other slow PyTorch down many times."""
+    run beside the tests) OpenMP threads waiting on each other slow PyTorch down many times.
+    Each test starts on one, whatever the command an earlier test ran chose."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -65,12 +65,8 @@ def rgb_image() -> np.ndarray:
 
 
 @pytest.fixture
-def winograd_everywhere(monkeypatch) -> Iterator[None]:
+def winograd_everywhere(monkeypatch) -> None:
     """NNPACK's Winograd convolutions taken wherever they may run (``d2lnet.winograd.winograd_pays``:
-    one thread, float32), whatever this CPU's kernels are, if this PyTorch has NNPACK (asking
-    also initialises it); on one thread meanwhile, whatever an earlier test's command chose."""
+    one thread, as every test starts, and float32), whatever this CPU's kernels are, if this
+    PyTorch has NNPACK (asking also initialises it)."""
     monkeypatch.setattr(winograd, "_nnpack_on_avx2", torch._nnpack_available)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
