@@ -52,12 +52,12 @@ def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> di
     except ImportError:
         training_channels_last = lambda device, precision: True  # noqa: E731
     try:
-        from d2lnet.winograd import winograd_pays
+        from d2lnet.engine import inference_layout
     except ImportError:
-        winograd_pays = lambda device, precision: False  # noqa: E731
+        inference_layout = lambda device, precision: torch.channels_last  # noqa: E731
     cpu = torch.device("cpu")
-    if kind == "forward":  # NNPACK's Winograd convolutions read NCHW
-        layout = torch.contiguous_format if winograd_pays(cpu, precision) else torch.channels_last
+    if kind == "forward":
+        layout = inference_layout(cpu, precision)
     else:
         layout = torch.channels_last if training_channels_last(cpu, precision) else torch.contiguous_format
     model = build("d2lnet-s").to(memory_format=layout)

@@ -43,7 +43,7 @@ def load_tree(src: str) -> dict[str, types.ModuleType]:
     sys.path.insert(0, str(Path(src).resolve()))
     try:
         modules = {name: importlib.import_module(f"d2lnet.{name}") for name in ("model", "losses", "train", "device")}
-        for optional in ("fusion", "allocator"):
+        for optional in ("fusion", "allocator", "engine"):
             with contextlib.suppress(ImportError):
                 modules[optional] = importlib.import_module(f"d2lnet.{optional}")
     finally:
@@ -53,9 +53,9 @@ def load_tree(src: str) -> dict[str, types.ModuleType]:
 
 def forward_call(tree: dict, size: int, bf16: bool) -> Callable[[], None]:
     torch.manual_seed(0)
-    # Inference as the engine runs it: channels-last, or NCHW where the tree's Winograd convolutions pay.
-    pays = getattr(tree.get("fusion"), "winograd_pays", lambda device, precision: False)
-    layout = torch.contiguous_format if pays(torch.device("cpu"), "bf16" if bf16 else "fp32") else torch.channels_last
+    # Inference as the engine runs it: in the tree's layout (channels-last before it chose).
+    choose = getattr(tree.get("engine"), "inference_layout", lambda device, precision: torch.channels_last)
+    layout = choose(torch.device("cpu"), "bf16" if bf16 else "fp32")
     model = tree["model"].build("d2lnet-s").to(memory_format=layout).eval()
     if "fusion" in tree:
         model = tree["fusion"].fuse_activations(model)
