@@ -45,7 +45,7 @@ GROUPS = {  # profiler operator name -> group
         "_slow_conv2d_forward",
         "_slow_conv2d_backward",
         "slow_conv_transpose2d",
-        "_nnpack_spatial_convolution",  # d2lnet.fusion's Winograd path
+        "_nnpack_spatial_convolution",  # d2lnet.winograd's path
     ),
     # Eq. (8)'s 1x1 convolutions over the spectra run as these; so do the means and Linear layers.
     "matrix products": ("mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "einsum"),
