@@ -5,8 +5,10 @@
     python benchmarks/train_throughput.py --device cuda        # GPU: fp32 and bf16, with and without
                                                                # channels-last, and the peak memory
 
-A step is what the trainer does: forward with a quality factor, the loss of eq. (22),
-backward, gradient clipping, Adam (the trainer's). Inputs are random (data loading is not measured: the
+A step is what the trainer does: forward with a quality factor (3x3 convolutions through
+Winograd where the trainer sends them there, :func:`d2lnet.winograd.winograd_convolutions`), the
+loss of eq. (22), backward, gradient clipping, Adam (the trainer's), with freed memory kept for
+reuse as the command keeps it (:mod:`d2lnet.allocator`). Inputs are random (data loading is not measured: the
 trainer overlaps it with compute in worker processes). The rate is the median over
 several timed steps after warm-up steps.
 """
@@ -23,10 +25,12 @@ from pathlib import Path
 import torch
 from common import cpu_isa, cpu_name
 
+from d2lnet.allocator import keep_freed_memory
 from d2lnet.device import cpu_has_native_bf16
 from d2lnet.losses import D2LLoss
 from d2lnet.model import CONFIGS, build
 from d2lnet.train import adam
+from d2lnet.winograd import winograd_convolutions
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,6 +47,7 @@ def measure(
     lq = torch.rand(batch, 3, crop, crop, device=device).contiguous(memory_format=memory_format)
     gt = torch.rand(batch, 3, crop, crop, device=device).contiguous(memory_format=memory_format)
     qf = torch.full((batch,), 30.0, device=device)
+    precision = "bf16" if bf16 else "fp32"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -50,7 +55,7 @@ def measure(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), winograd_convolutions(device, precision):
             out = model(lq, qf)
         loss = criterion(out.out1.float(), out.out2.float(), gt).total
         optimizer.zero_grad(set_to_none=True)
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--out", default="", help="write OUT.json and OUT.md (default: results/train_throughput_DEVICE)")
     args = parser.parse_args()
+    keep_freed_memory()  # as `d2lnet train` runs
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (8 if cuda else 1)
