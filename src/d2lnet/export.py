@@ -163,6 +163,12 @@ class ComplexFFTs(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def model_quality(quality: torch.Tensor) -> torch.Tensor:
+    """The model's quality input for the file's ``quality``: the file's unknown (any value <= 0, as
+    hosts without NaN can send, or NaN) becomes the model's NaN; known qualities pass unchanged."""
+    return torch.where(quality > 0, quality, torch.full_like(quality, float("nan")))
+
+
 class ExportGraph(nn.Module):
     """What the ONNX graph computes: ``D2LNet.forward(image, quality).out2``, clamped to [0, 1],
     with the stride padding written so that ``torch.export`` keeps H and W symbolic and the real
@@ -177,10 +183,8 @@ class ExportGraph(nn.Module):
         s = self.model.config.stride
         # s * ceil(n / s) - n pixels: the padded side is a multiple of s by construction.
         padded = F.pad(image, (0, s * ((w + s - 1) // s) - w, 0, s * ((h + s - 1) // s) - h), mode="replicate")
-        # The file's convention for an unknown quality (<= 0, as hosts without NaN can send) is the model's NaN.
-        quality = torch.where(quality > 0, quality, torch.full_like(quality, float("nan")))
         with ComplexFFTs():
-            restored = self.model(padded, quality).out2
+            restored = self.model(padded, model_quality(quality)).out2
         rows = torch.arange(h, device=image.device)
         cols = torch.arange(w, device=image.device)
         return restored.index_select(2, rows).index_select(3, cols).clamp(0, 1)
@@ -293,7 +297,8 @@ def onnxruntime_session(path: str | Path, threads: int = 1):
 
 def max_difference(path: str | Path, model: D2LNet, size: tuple[int, int] | None = None) -> float:
     """The largest absolute difference between ONNX Runtime's output for ``path`` and PyTorch's
-    (``forward``, clamped) on one smooth test image, at a known and at the unknown quality."""
+    (``forward``, clamped) on one smooth test image, at a known and at the unknown quality (the
+    file's 0, the model's NaN)."""
     s = model.config.stride
     height, width = size or (6 * s + 5, 9 * s + 3)
     y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
@@ -304,7 +309,7 @@ def max_difference(path: str | Path, model: D2LNet, size: tuple[int, int] | None
     for quality in (50.0, UNKNOWN_QUALITY):
         q = torch.tensor([quality])
         with torch.no_grad():
-            expected = model(image, q).out2.clamp(0, 1)
+            expected = model(image, model_quality(q)).out2.clamp(0, 1)
         (got,) = session.run(None, {"image": image.numpy(), "quality": q.numpy()})
         worst = max(worst, float((torch.from_numpy(got) - expected).abs().max()))
     return worst
