@@ -6,8 +6,9 @@ Writes ``benchmarks/results/onnx_speed_cpu.json`` and ``.md``. The model is expo
 :func:`d2lnet.export.export_onnx` (dynamic sizes, float32) into a temporary folder, unless
 ``--onnx`` names a file exported already. Both run float32 on one thread (``--threads``), on the
 same random image with a known quality: PyTorch through :class:`d2lnet.engine.Restorer` as
-``d2lnet restore --precision fp32 --tile 0`` runs it (channels-last, whole image), ONNX Runtime
-through a CPU session with its default graph optimisations. After one warm-up each, the two
+``d2lnet restore --precision fp32 --tile 0`` runs it (whole image, in the layout the engine picks,
+with freed memory kept for reuse as the command keeps it), ONNX Runtime through a CPU session with
+its default graph optimisations. After one warm-up each, the two
 alternate for ``--repeats`` runs each, so that a change in the machine's load falls on both; the
 median is reported, with the load average before and after, and the largest difference between
 the two outputs.
@@ -29,6 +30,7 @@ import onnxruntime
 import torch
 from common import cpu_isa, cpu_name
 
+from d2lnet.allocator import keep_freed_memory
 from d2lnet.engine import Restorer
 from d2lnet.export import export_onnx, onnxruntime_session
 from d2lnet.pretrained import load_model
@@ -47,12 +49,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    keep_freed_memory()  # as `d2lnet restore` runs
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as folder:
         path = args.onnx or export_onnx(load_model(args.model), Path(folder) / "model.onnx")
         session = onnxruntime_session(path, threads=args.threads)
         restorer = Restorer(model, "cpu", "fp32", tile=None)
+        layout = "channels-last" if restorer.memory_format == torch.channels_last else "NCHW (Winograd convolutions)"
         load_before = os.getloadavg()
         rows = [measure(restorer, session, size, model.config.in_channels, args.repeats) for size in args.sizes]
         load_after = os.getloadavg()
@@ -70,7 +74,7 @@ def main() -> None:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in load_after],
         },
-        "settings": {"model": args.model, "precision": "fp32", "quality": QUALITY, "repeats": args.repeats},
+        "settings": {"model": args.model, "precision": "fp32", "quality": QUALITY, "repeats": args.repeats, "layout": layout},
         "results": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ def markdown(report: dict) -> str:
         f"{report['date']}; {m['cpu']} ({m['isa']}; {m['cpu_count']} CPUs), {m['threads']} thread(s) each; torch "
         f"{m['torch']}, onnxruntime {m['onnxruntime']}, Python {m['python']}. Median of {s['repeats']} alternating runs "
         f"after a warm-up, one random RGB image, quality {s['quality']:g}. PyTorch: d2lnet's engine, whole image, "
-        "channels-last. ONNX Runtime: the file of `d2lnet export` (dynamic sizes), default optimisations.",
+        f"{s.get('layout', 'channels-last')}. ONNX Runtime: the file of `d2lnet export` (dynamic sizes), default optimisations.",
         f"Load average (1, 5, 15 min) before: {m['loadavg_before']}, after: {m['loadavg_after']}: with a load above the "
         "number of CPUs, other processes shared them and both columns are slower than on an idle machine.",
         "",
