@@ -3,7 +3,8 @@
 In one process: the first compiled restore (which compiles, from Inductor's on-disk cache when
 a previous run left one), then eager and compiled restores taking turns. The number of photos
 after which compiling pays is the compile time over the time it saves per photo. Run it twice
-to see the cold and the warm cache.
+to see the cold and the warm cache. Freed memory is kept for reuse, as the command keeps it
+(:mod:`d2lnet.allocator`).
 
     python benchmarks/compile_speed.py --out benchmarks/results/compile_speed_cpu
 """
@@ -17,6 +18,7 @@ import time
 import torch
 from common import cpu_isa, cpu_name, write_results
 
+from d2lnet.allocator import keep_freed_memory
 from d2lnet.engine import Restorer
 from d2lnet.pretrained import DEFAULT_COLOR, load_model
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
+    keep_freed_memory()  # as `d2lnet restore [--compile]` runs
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.size[1], args.size[0])
