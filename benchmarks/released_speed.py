@@ -15,7 +15,10 @@ Variants, taking turns call by call (``paired_speed.paired``):
 - ``authors-cl``: the same with weights and input in channels-last (oneDNN's fast layout), the
   best their file does without changing its code;
 - ``ours``: ``d2lnet-released`` restored whole by :class:`d2lnet.engine.Restorer`, which is what
-  ``d2lnet restore --tile 0`` runs (channels-last, fused convolutions, fp32 FFTs under bf16).
+  ``d2lnet restore --tile 0`` runs (fused convolutions, fp32 FFTs under bf16; channels-last, or NCHW
+  with Winograd convolutions on one thread of AVX2 kernels: :func:`d2lnet.engine.inference_layout`),
+  though without the command's kept memory (:mod:`d2lnet.allocator`), a process-wide setting that
+  would speed up the authors' module too (on two threads held to AVX2: 1.32x with it, 1.36x without).
 
 The training step is the same for all: forward, an L1 loss on both stages' outputs, backward
 and Adam; ours in the layout the trainer picks (:func:`d2lnet.device.training_channels_last`).
