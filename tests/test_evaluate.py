@@ -254,6 +254,25 @@ def test_paper_suite_on_a_small_data_root(restoring_weights: dict[str, Path], sm
     assert jpeg_row["delta"]["psnr"] == pytest.approx(round(jpeg_row["psnr"], 2) - 25.69, abs=1e-9)
 
 
+def test_paper_suite_with_a_grey_model_only_runs_table_1(
+    restoring_weights: dict[str, Path], small_set: Path, tmp_path: Path
+) -> None:
+    """A grey model alone: Table 1 only; the colour sets are skipped with a note, not scored for JPEG."""
+    root = tmp_path / "test"
+    (root / "LIVE1_color").mkdir(parents=True)
+    (root / "LIVE1_gray").mkdir()
+    for path in small_set.iterdir():
+        rgb = np.asarray(Image.open(path))
+        Image.fromarray(rgb).save(root / "LIVE1_color" / path.name)
+        Image.fromarray(rgb_to_y(rgb)).save(root / "LIVE1_gray" / path.name)
+    argv = ["eval", "--suite", "paper", "--data-root", str(root), "--quality", "10",
+            "--model", str(restoring_weights["gray"]), "--json", str(tmp_path / "suite.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "suite.json").read_text())
+    assert {(m["set"], m["method"]) for m in report["means"]} == {("LIVE1_gray", JPEG_METHOD), ("LIVE1_gray", "restoring-gray")}
+    assert any("LIVE1_color (Table 2): no colour model" in note for note in report["notes"])
+
+
 # --------------------------------------------------------------------------- the paper's numbers
 
 

@@ -146,7 +146,9 @@ def run_paper_suite(
 ) -> SuiteRun:
     """Tables 1 and 2 on the sets under ``data_root``: the JPEG baseline and each model on the sets
     of its mode (grey models on Table 1, colour models on Table 2). Without ``model_specs``, the
-    bundled default models, each skipped with a note when it is not installed."""
+    bundled default models, each skipped with a note when it is not installed. Models given: only
+    the tables of their modes (a grey model alone: Table 1), the other skipped with a note; the
+    JPEG baseline alone (``jpeg``): both tables."""
     if unknown := sorted(set(qualities) - set(PAPER_QUALITIES)):
         raise EvalError(f"the paper reports QF {', '.join(map(str, PAPER_QUALITIES))} only, not {unknown}")
     notes = ["ICB (the third set of Table 2) is not available here: not evaluated."]
@@ -167,8 +169,12 @@ def run_paper_suite(
             table = PAPER_TABLE["gray" if entry.gray else "color"]
             notes.append(f"{entry.folder} (Table {table}) is not in {data_root}: skipped.")
             continue
-        images = image_set(folder, entry.gray, entry.paper_set)
         models = [m for m in methods if m.channels == (1 if entry.gray else 3)]
+        if methods and not models:
+            mode, table = ("grey", PAPER_TABLE["gray"]) if entry.gray else ("colour", PAPER_TABLE["color"])
+            notes.append(f"{entry.folder} (Table {table}): no {mode} model among those given: skipped.")
+            continue
+        images = image_set(folder, entry.gray, entry.paper_set)
         run.sets.append(images)
         run.rows += evaluate_set(images, [baseline, *models], qualities, on_output, progress)
     return run
