@@ -52,9 +52,10 @@ def relaid(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Te
     narrows (float32 to bf16, where the element-wise one is slowest) goes image by image.
     """
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    if x.dim() != 4 or x.device.type != "cpu" or is_channels_last(x) == channels_last or x.shape[1] == 1 or _traced():
-        return x.to(dtype=dtype, memory_format=layout)
-    if torch.get_num_threads() > 1 and dtype.itemsize >= x.dtype.itemsize:
+    # PyTorch's own copy: where no CPU batch of images changes layout, under tracing, and on several
+    # threads unless the copy also narrows the dtype.
+    same_layout = x.dim() != 4 or x.device.type != "cpu" or is_channels_last(x) == channels_last or x.shape[1] == 1
+    if same_layout or _traced() or torch.get_num_threads() > 1 and dtype.itemsize >= x.dtype.itemsize:
         return x.to(dtype=dtype, memory_format=layout)
     if dtype.itemsize < x.dtype.itemsize:
         x = x.to(dtype)
