@@ -54,8 +54,8 @@ def relaid(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Te
     layout = torch.channels_last if channels_last else torch.contiguous_format
     # PyTorch's own copy: where no CPU batch of images changes layout, under tracing, and on several
     # threads unless the copy also narrows the dtype.
-    same_layout = x.dim() != 4 or x.device.type != "cpu" or is_channels_last(x) == channels_last or x.shape[1] == 1
-    if same_layout or _traced() or torch.get_num_threads() > 1 and dtype.itemsize >= x.dtype.itemsize:
+    no_cpu_relayout = x.dim() != 4 or x.device.type != "cpu" or is_channels_last(x) == channels_last or x.shape[1] == 1
+    if no_cpu_relayout or _traced() or torch.get_num_threads() > 1 and dtype.itemsize >= x.dtype.itemsize:
         return x.to(dtype=dtype, memory_format=layout)
     if dtype.itemsize < x.dtype.itemsize:
         x = x.to(dtype)
