@@ -37,8 +37,9 @@ def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> di
     else:
         keep_freed_memory()
     import torch
-    from fourier_path import GROUPS, forward_step, profile, train_step
+    from fourier_path import GROUPS, forward_step, inference_layout_of, profile, train_step, training_layout_of
 
+    from d2lnet import device, engine
     from d2lnet.model import build
 
     torch.set_num_threads(threads)
@@ -47,19 +48,8 @@ def worker(kind: str, precision: str, size: int, threads: int, calls: int) -> di
         from d2lnet import fusion
     except ImportError:
         fusion = None
-    try:  # the layouts the engine and the trainer pick, in trees that pick them
-        from d2lnet.device import training_channels_last
-    except ImportError:
-        training_channels_last = lambda device, precision: True  # noqa: E731
-    try:
-        from d2lnet.engine import inference_layout
-    except ImportError:
-        inference_layout = lambda device, precision: torch.channels_last  # noqa: E731
-    cpu = torch.device("cpu")
-    if kind == "forward":
-        layout = inference_layout(cpu, precision)
-    else:
-        layout = torch.channels_last if training_channels_last(cpu, precision) else torch.contiguous_format
+    # the layouts the tree's engine and trainer pick
+    layout = inference_layout_of(engine, precision) if kind == "forward" else training_layout_of(device, precision)
     model = build("d2lnet-s").to(memory_format=layout)
     model.eval() if kind == "forward" else model.train()
     if kind == "forward" and fusion is not None:

@@ -66,6 +66,21 @@ def literal_path() -> Iterator[None]:
         DualDomainBlock.fourier, model_module.swap_amplitude = fast_fourier, fast_swap
 
 
+def inference_layout_of(engine: types.ModuleType | None, precision: str) -> torch.memory_format:
+    """The layout a code tree's engine runs the model in on the CPU (``d2lnet.engine.inference_layout``),
+    or channels-last for trees from before it chose."""
+    choose = getattr(engine, "inference_layout", None)
+    return torch.channels_last if choose is None else choose(torch.device("cpu"), precision)
+
+
+def training_layout_of(device: types.ModuleType | None, precision: str) -> torch.memory_format:
+    """The layout a code tree's trainer runs the model in on the CPU (``d2lnet.device.training_channels_last``),
+    or channels-last, as every recipe asked, for trees from before ``run.channels_last = "auto"``."""
+    pick = getattr(device, "training_channels_last", None)
+    channels_last = pick is None or pick(torch.device("cpu"), precision)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def forward_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
     def run() -> None:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from common import cpu_isa, cpu_name, named, write_results
-from fourier_path import forward_step, train_step
+from fourier_path import forward_step, inference_layout_of, train_step, training_layout_of
 
 
 def load_tree(src: str) -> dict[str, types.ModuleType]:
@@ -53,9 +53,7 @@ def load_tree(src: str) -> dict[str, types.ModuleType]:
 
 def forward_call(tree: dict, size: int, bf16: bool) -> Callable[[], None]:
     torch.manual_seed(0)
-    # Inference as the engine runs it: in the tree's layout (channels-last before it chose).
-    choose = getattr(tree.get("engine"), "inference_layout", lambda device, precision: torch.channels_last)
-    layout = choose(torch.device("cpu"), "bf16" if bf16 else "fp32")
+    layout = inference_layout_of(tree.get("engine"), "bf16" if bf16 else "fp32")  # inference as the engine runs it
     model = tree["model"].build("d2lnet-s").to(memory_format=layout).eval()
     if "fusion" in tree:
         model = tree["fusion"].fuse_activations(model)
@@ -66,9 +64,7 @@ def train_call(tree: dict, crop: int, bf16: bool) -> Callable[[], None]:
     """The trainer's step in the layout the tree's trainer picks (channels-last, as every recipe
     asked, before ``run.channels_last = "auto"``)."""
     torch.manual_seed(0)
-    pick = getattr(tree["device"], "training_channels_last", None)
-    channels_last = pick is None or pick(torch.device("cpu"), "bf16" if bf16 else "fp32")
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = training_layout_of(tree["device"], "bf16" if bf16 else "fp32")
     model = tree["model"].build("d2lnet-s").to(memory_format=layout).train()
     x = torch.rand(4, 3, crop, crop).contiguous(memory_format=layout)
     return train_step(model, x, bf16, tree["train"], tree["losses"])
