@@ -216,8 +216,9 @@ def test_data_root_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
 # --------------------------------------------------------------------------- the paper suite
 
 
-def test_paper_suite_on_a_small_data_root(restoring_weights: dict[str, Path], small_set: Path, tmp_path: Path) -> None:
-    """LIVE1 folders of two small images, no Classic5 or BSDS500: Tables 1 and 2 with skip notes."""
+@pytest.fixture
+def live1_root(small_set: Path, tmp_path: Path) -> Path:
+    """A data root with LIVE1 folders (colour, and its BT.601 Y) of the two small images, no other set."""
     root = tmp_path / "test"
     (root / "LIVE1_color").mkdir(parents=True)
     (root / "LIVE1_gray").mkdir()
@@ -225,6 +226,12 @@ def test_paper_suite_on_a_small_data_root(restoring_weights: dict[str, Path], sm
         rgb = np.asarray(Image.open(path))
         Image.fromarray(rgb).save(root / "LIVE1_color" / path.name)
         Image.fromarray(rgb_to_y(rgb)).save(root / "LIVE1_gray" / path.name)
+    return root
+
+
+def test_paper_suite_on_a_small_data_root(restoring_weights: dict[str, Path], live1_root: Path, tmp_path: Path) -> None:
+    """LIVE1 folders of two small images, no Classic5 or BSDS500: Tables 1 and 2 with skip notes."""
+    root = live1_root
     argv = ["eval", "--suite", "paper", "--data-root", str(root), "--quality", "10",
             "--model", str(restoring_weights["color"]), str(restoring_weights["gray"]),
             "--json", str(tmp_path / "suite.json"), "--markdown", str(tmp_path / "suite.md")]  # fmt: skip
@@ -255,16 +262,10 @@ def test_paper_suite_on_a_small_data_root(restoring_weights: dict[str, Path], sm
 
 
 def test_paper_suite_with_a_grey_model_only_runs_table_1(
-    restoring_weights: dict[str, Path], small_set: Path, tmp_path: Path
+    restoring_weights: dict[str, Path], live1_root: Path, tmp_path: Path
 ) -> None:
     """A grey model alone: Table 1 only; the colour sets are skipped with a note, not scored for JPEG."""
-    root = tmp_path / "test"
-    (root / "LIVE1_color").mkdir(parents=True)
-    (root / "LIVE1_gray").mkdir()
-    for path in small_set.iterdir():
-        rgb = np.asarray(Image.open(path))
-        Image.fromarray(rgb).save(root / "LIVE1_color" / path.name)
-        Image.fromarray(rgb_to_y(rgb)).save(root / "LIVE1_gray" / path.name)
+    root = live1_root
     argv = ["eval", "--suite", "paper", "--data-root", str(root), "--quality", "10",
             "--model", str(restoring_weights["gray"]), "--json", str(tmp_path / "suite.json")]  # fmt: skip
     assert cli.main(argv) == 0
