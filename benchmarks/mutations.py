@@ -38,11 +38,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "benchmarks" / "results" / "mutations.md"
 
-MODEL_TESTS = ("tests/test_equations.py", "tests/test_model.py", "tests/test_fourier.py", "tests/test_golden.py")
-FOURIER_TESTS = ("tests/test_fourier.py", "tests/test_losses.py", "tests/test_equations.py", "tests/test_golden.py")
+MODEL_TESTS = (
+    "tests/test_equations.py", "tests/test_model.py", "tests/test_fourier.py", "tests/test_fourier_fast.py", "tests/test_golden.py",
+)  # fmt: skip
+FOURIER_TESTS = (
+    "tests/test_fourier.py", "tests/test_fourier_fast.py", "tests/test_losses.py", "tests/test_equations.py", "tests/test_golden.py",
+)  # fmt: skip
+WINOGRAD_TESTS = ("tests/test_winograd.py", "tests/test_fusion.py")
+FUSION_TESTS = ("tests/test_fusion.py",)
 LOSS_TESTS = ("tests/test_losses.py",)
 METRIC_TESTS = ("tests/test_metrics.py",)
-TESTS = {"model.py": MODEL_TESTS, "fourier.py": FOURIER_TESTS, "losses.py": LOSS_TESTS, "metrics.py": METRIC_TESTS}
+TESTS = {
+    "model.py": MODEL_TESTS, "fourier.py": FOURIER_TESTS, "winograd.py": WINOGRAD_TESTS, "fusion.py": FUSION_TESTS,
+    "losses.py": LOSS_TESTS, "metrics.py": METRIC_TESTS,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,14 +69,18 @@ def _m(name: str, module: str, description: str, *patches: tuple[str, str]) -> M
 MUTATIONS: list[Mutation] = [
     # ---- a correction block, eqs. (6) to (10)
     _m("eq10-swap", "model.py", "eq. (10) with F_spa and F_fre swapped: SA(F_dif) F_fre + F_spa",
+       ("torch.addcmul(f_fre, self.attention(f_dif), f_spa)", "torch.addcmul(f_spa, self.attention(f_dif), f_fre)"),
        ("self.attention(f_dif) * f_spa + f_fre", "self.attention(f_dif) * f_fre + f_spa")),
     _m("eq9-sign", "model.py", "eq. (9) with the sign flipped: F_dif = F_fre - F_spa",
        ("f_dif = f_spa - f_fre", "f_dif = f_fre - f_spa")),
     _m("eq10-attention-on-fspa", "model.py", "eq. (10)'s spatial attention computed on F_spa instead of F_dif",
        ("self.attention(f_dif)", "self.attention(f_spa)")),
     _m("eq10-attention-no-sigmoid", "model.py", "SA(.) without its sigmoid",
+       ("return torch.sigmoid(self.conv(torch.cat([channel_mean(x), peak], dim=1)))",
+        "return self.conv(torch.cat([channel_mean(x), peak], dim=1))"),
        ("return torch.sigmoid(self.conv(pooled))", "return self.conv(pooled)")),
     _m("sa-pooling-order", "model.py", "SA(.) convolves [max, mean] where the weights expect [mean, max]",
+       ("torch.cat([channel_mean(x), peak], dim=1)", "torch.cat([peak, channel_mean(x)], dim=1)"),
        ("torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)",
         "torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)")),
     _m("acb-corrects-phase", "model.py", "the ACB refines the phase (and keeps the amplitude)",
@@ -79,6 +92,7 @@ MUTATIONS: list[Mutation] = [
        ("with_amplitude(s, amplitude, self.spectral(amplitude", "with_amplitude(s, amplitude, self.spectral(phase_of(s)"),
        ("amplitude = self.spectral(amplitude)", "amplitude = self.spectral(phase)")),
     _m("eq8-pcb-swaps-amplitude-and-phase", "model.py", "the PCB rebuilds F^-1(Conv(A), P) in the phase branch",
+       ("s = polar(amplitude, self.spectral_fp32(phase_of(s)))", "s = polar(self.spectral_fp32(phase_of(s)), amplitude)"),
        ("from_amplitude_phase(amplitude, self.spectral_fp32(phase_of(s)), size",
         "from_amplitude_phase(self.spectral_fp32(phase_of(s)), amplitude, size"),
        ("from_amplitude_phase(amplitude, self.spectral(phase_of(s).to(dtype)), size",
@@ -88,8 +102,10 @@ MUTATIONS: list[Mutation] = [
     _m("spectral-conv-without-activation", "model.py", "Conv(.) of eq. (8) without the LeakyReLU between its 1x1 convolutions",
        ("_pointwise(second, act(_pointwise(first, z)))", "_pointwise(second, _pointwise(first, z))")),
     _m("hin-normalises-the-other-half", "model.py", "the half-instance norm takes its statistics from the second half",
+       ("centred = y[:, :half].to(stats_dtype, copy=True)", "centred = y[:, half:].to(stats_dtype, copy=True)"),
        ("normalised = y[:, :half]", "normalised = y[:, half:]")),
     _m("hin-variance-without-the-mean", "model.py", "the half-instance norm's variance as the mean square, E[x^2]",
+       ("spatial_mean(centred.sub_(mean).square_())", "spatial_mean(centred.square_())"),
        ("var = (normalised - mean).square()", "var = normalised.square()")),
     _m("block-identity-dropped", "model.py", "the released layout's identity term F_Xi missing from eq. (10)",
        ("f_out = f_out + f_x", "f_out = f_out")),
@@ -102,6 +118,7 @@ MUTATIONS: list[Mutation] = [
     _m("sam-image-residual-missing", "model.py", "SAM's X_out1 without the residual X_in",
        ("x_out1 = self.to_image(features) + x_in", "x_out1 = self.to_image(features)")),
     _m("sam-feature-residual-missing", "model.py", "SAM's X_amp without the residual features",
+       ("x_amp = torch.addcmul(features, self.conv1(features), gate)", "x_amp = self.conv1(features) * gate"),
        ("x_amp = self.conv1(features) * gate + features", "x_amp = self.conv1(features) * gate")),
     _m("eq13-phase-of-xout1", "model.py", "eq. (13) takes the phase of X_out1 (X_inv = X_out1)",
        ("swap_amplitude(amplitude_from=x_out1, phase_from=x_in", "swap_amplitude(amplitude_from=x_out1, phase_from=x_out1")),
@@ -129,12 +146,16 @@ MUTATIONS: list[Mutation] = [
        ('fft_norm: FFTNorm = "ortho"', 'fft_norm: FFTNorm = "backward"')),
     # ---- the Fourier transform, eqs. (3) to (5)
     _m("fft-forward-unnormalised", "fourier.py", "the forward FFT ignores the norm (always unnormalised)",
+       ("torch.fft.rfft2(x, norm=norm)", 'torch.fft.rfft2(x, norm="backward")'),
        ("torch.fft.rfft2(x.float(), norm=norm)", 'torch.fft.rfft2(x.float(), norm="backward")'),
        ("torch.fft.rfft2(_real(x), norm=norm)", 'torch.fft.rfft2(_real(x), norm="backward")')),
     _m("eq4-amplitude-squared", "fourier.py", "eq. (4) without the square root (the power spectrum)",
+       ("torch.addcmul(s.real.square().add_(_EPS * _EPS), s.imag, s.imag).sqrt_()",
+        "torch.addcmul(s.real.square().add_(_EPS * _EPS), s.imag, s.imag)"),
        ("torch.sqrt(re * re + im * im + _EPS * _EPS)", "(re * re + im * im + _EPS * _EPS)"),
        ("torch.sqrt(s.real.square() + s.imag.square() + _EPS * _EPS)", "(s.real.square() + s.imag.square() + _EPS * _EPS)")),
     _m("eq5-arctan-not-atan2", "fourier.py", "eq. (5) as a plain arctan(I/R), which loses the quadrant",
+       ("        return torch.atan2(imag, real)\n", "        return torch.atan(imag / real)\n"),
        ("torch.atan2(imag, real + (real == 0) * _EPS)", "torch.atan(imag / (real + (real == 0) * _EPS))"),
        ("torch.atan2(im, re + (re == 0) * _EPS)", "torch.atan(im / (re + (re == 0) * _EPS))"),
        ("torch.atan2(s.imag, s.real + (s.real == 0) * _EPS)", "torch.atan(s.imag / (s.real + (s.real == 0) * _EPS))")),
@@ -147,6 +168,28 @@ MUTATIONS: list[Mutation] = [
     _m("swap-amplitude-from-wrong-image", "fourier.py", "X_inv takes the amplitude of the phase donor",
        ("_, new_amplitude = spectrum(amplitude_from, norm)", "_, new_amplitude = spectrum(phase_from, norm)"),
        ("amplitude, _ = amplitude_phase(amplitude_from, norm)", "amplitude, _ = amplitude_phase(phase_from, norm)")),
+    # ---- gradients written by hand, and the fast convolutions: the same functions as autograd's
+    _m("spectrum-backward-not-adjoint", "fourier.py",
+       "the spectrum's backward inverts with the forward's normalisation, not its adjoint's",
+       ("return _irfft2(grad, ctx.size, _ADJOINT_NORM[ctx.norm]), None", "return _irfft2(grad, ctx.size, ctx.norm), None")),
+    _m("spectrum-backward-inner-columns-twice", "fourier.py",
+       "the spectrum's backward counts the columns that stand for two coefficients at full weight",
+       ("grad[..., _inner_columns(ctx.size[-1])] *= 0.5", "grad[..., _inner_columns(ctx.size[-1])] *= 1.0")),
+    _m("inverse-backward-not-adjoint", "fourier.py",
+       "the inverse's backward transforms with the forward's normalisation, not its adjoint's",
+       ("grad_s = torch.fft.rfft2(_real(grad), norm=_ADJOINT_NORM[ctx.norm])", "grad_s = torch.fft.rfft2(_real(grad), norm=ctx.norm)")),
+    _m("phase-gradient-sign", "fourier.py", "dP/dS with the sign of its real part flipped",
+       ("return torch.complex(-imag * grad, real * grad)", "return torch.complex(imag * grad, real * grad)")),
+    _m("hin-backward-sign", "model.py", "the half-instance norm's backward with the (y - mean) term's sign flipped",
+       ("b = -a * rstd * sum_g_yhat / count", "b = a * rstd * sum_g_yhat / count")),
+    _m("winograd-input-grad-kernel-not-flipped", "winograd.py",
+       "the Winograd input gradient correlates with the kernel unflipped",
+       ("conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, (1, 1))", "conv3x3(grad, weight.transpose(0, 1), None, (1, 1))")),
+    _m("winograd-bias-grad-dropped", "winograd.py", "the Winograd convolution returns no bias gradient",
+       ("mask = [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]",
+        "mask = [False, ctx.needs_input_grad[1], False]")),
+    _m("fusion-winograd-activation-dropped", "fusion.py", "the Winograd path of a fused convolution skips its LeakyReLU",
+       ("            F.leaky_relu_(y, self.scalars[0])\n", "            pass\n")),
     # ---- the loss, eqs. (15) to (22)
     _m("loss-spatial-l2", "losses.py", "eq. (15) as a squared (L2) distance",
        ("(x_out2.float() - gt.float()).abs().mean()", "(x_out2.float() - gt.float()).pow(2).mean()")),
