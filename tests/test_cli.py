@@ -328,6 +328,9 @@ def test_models_table_shows_a_held_out_comparison_as_its_mean_over_qualities() -
     assert _validation_qualities(nested) == [10, 50]
     tiled = {"validation": {"jpeg": jpeg, "this_release": {"tiles_256_16": whole}}}  # a card without whole images
     assert _validation(tiled) == "28.25 dB (JPEG 27.00), held-out, tiles 256/16"
+    # A model run in tiles of 96 by default is shown in that view, even where whole images were measured.
+    assert _validation(nested, "tiles_96") == "9.00 dB (JPEG 27.00), held-out, tiles 96"
+    assert _validation(nested, "tiles_256_16") == "28.25 dB (JPEG 27.00), held-out, whole"  # not measured: whole
     assert _validation({"validation": {"psnr": 30.0, "psnr_jpeg": 29.0}, "validation_set": "x/LIVE1_gray"}) == (
         "30.00 dB (JPEG 29.00), LIVE1_gray"
     )

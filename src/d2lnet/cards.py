@@ -153,23 +153,25 @@ def _budget(training: dict[str, Any]) -> str:
     return ", ".join(t for t in (text, f"{training['minutes']:.0f} min" if "minutes" in training else "") if t) or "-"
 
 
-def _held_out(validation: dict[str, Any]) -> tuple[str, dict[str, float], dict[str, float]] | None:
+def _held_out(validation: dict[str, Any], preferred: str = "whole") -> tuple[str, dict[str, float], dict[str, float]] | None:
     """(policy, PSNR by QF (``q10``, ...), the JPEG's) when the validation is a comparison on
-    held-out training images (``benchmarks/size_robustness.py``): whole images when measured, else
-    the first tiling recorded (``tiles_256_16`` reads ``tiles 256/16``); None otherwise."""
+    held-out training images (``benchmarks/size_robustness.py``): the ``preferred`` view when
+    measured (``tiles_256_16`` reads ``tiles 256/16``), else whole images, else the first tiling
+    recorded; None otherwise."""
     measured, jpeg = validation.get("this_release", validation), validation.get("jpeg")
-    key = "whole" if "whole" in measured else next((key for key in measured if key.startswith("tiles_")), None)
+    views = (preferred, "whole", *(key for key in measured if key.startswith("tiles_")))
+    key = next((key for key in views if key in measured), None)
     psnr = measured.get(key)
     if not (isinstance(psnr, dict) and isinstance(jpeg, dict) and psnr.keys() == jpeg.keys()):
         return None
     return (key if key == "whole" else "tiles " + "/".join(key.split("_")[1:])), psnr, jpeg
 
 
-def _validation(scores: dict[str, Any]) -> str:
+def _validation(scores: dict[str, Any], preferred: str = "whole") -> str:
     """``31.20 dB (JPEG 29.80), LIVE1_color``: the validation PSNR beside the JPEG input's; for a
-    held-out comparison, the mean over its quality factors (whole images, or the card's tiles)."""
+    held-out comparison, the mean over its quality factors in the ``preferred`` view (see :func:`_held_out`)."""
     validation = scores.get("validation", {})
-    held_out = _held_out(validation)
+    held_out = _held_out(validation, preferred)
     if held_out:
         policy, psnr, jpeg = held_out
         return f"{sum(psnr.values()) / len(psnr):.2f} dB (JPEG {sum(jpeg.values()) / len(jpeg):.2f}), held-out, {policy}"
@@ -185,6 +187,11 @@ def _validation_qualities(scores: dict[str, Any]) -> list[int]:
     held_out = _held_out(validation)
     keys = held_out[2] if held_out else validation
     return sorted(int(key[1:]) for key in keys if key[:1] == "q" and key[1:].isdigit())
+
+
+def _default_view(card: ModelCard) -> str:
+    """The held-out view that is how the model runs by default: ``tiles_256_16``, or ``whole``."""
+    return f"tiles_{card.tile}_{card.overlap}" if card.tile else "whole"
 
 
 def _inference(card: ModelCard) -> str:
@@ -206,7 +213,7 @@ def table(listings: list[Listing]) -> str:
             "-".join(map(str, card.quality_range)) or "-",
             f"{listing.parameters / 1e6:.2f}M",
             _budget(card.training),
-            _validation(card.scores),
+            _validation(card.scores, _default_view(card)),
             _inference(card),
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
