@@ -165,14 +165,14 @@ def run_paper_suite(
     run = SuiteRun([], [], [baseline, *methods], notes)
     for entry in PAPER_SUITE:
         folder = data_root / entry.folder
+        table = PAPER_TABLE["gray" if entry.gray else "color"]
         if not folder.is_dir():
-            table = PAPER_TABLE["gray" if entry.gray else "color"]
             notes.append(f"{entry.folder} (Table {table}) is not in {data_root}: skipped.")
             continue
         models = [m for m in methods if m.channels == (1 if entry.gray else 3)]
         if methods and not models:
-            mode, table = ("grey", PAPER_TABLE["gray"]) if entry.gray else ("colour", PAPER_TABLE["color"])
-            notes.append(f"{entry.folder} (Table {table}): no {mode} model among those given: skipped.")
+            kind = "grey" if entry.gray else "colour"
+            notes.append(f"{entry.folder} (Table {table}): no {kind} model among those given: skipped.")
             continue
         images = image_set(folder, entry.gray, entry.paper_set)
         run.sets.append(images)
