@@ -6,7 +6,7 @@ are freed, so every forward pass of a network touches its whole working set as n
 page fault and a zeroed 4 KiB page each time. A d2lnet-s forward pass of one 256x256 image
 took 30,000-40,000 faults, and a restore of a 768x512 photo 300,000-450,000; with freed
 memory kept, the faults after the first pass disappear, and a bf16 forward pass ran 15% faster
-(the README's "Speed on the CPU", ``benchmarks/results/code_speed_xeon-amx_session10.md``).
+(``docs/speed.md``, ``benchmarks/results/code_speed_xeon-amx_session10.md``).
 
 The cost is that the process keeps its peak memory until it exits, as PyTorch's CUDA
 allocator does on a GPU. The commands (``d2lnet restore``, ``eval``, ``train``, ``serve``) do

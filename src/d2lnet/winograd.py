@@ -9,7 +9,7 @@ threads scale poorly beside PyTorch's (a d2lnet-s forward at 256x256 took 0.62-0
 threads against oneDNN's 0.55-0.64), and with AVX-512 kernels oneDNN is faster at 32 channels, so
 it runs only on one thread of an AVX2 CPU (:func:`winograd_pays`): the default restore of a
 machine another process keeps busy, and training on one thread there. Results differ from
-oneDNN's by about 1e-5 of their range (README, "Speed on the CPU").
+oneDNN's by about 1e-5 of their range (``docs/speed.md``).
 
 Inference: :class:`d2lnet.fusion.ConvActivation` calls :func:`conv3x3`. Training:
 :func:`winograd_convolutions` sends ``F.conv2d`` through :class:`Conv3x3`, whose input gradient is
