@@ -45,11 +45,13 @@ def named(specs: list[str]) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-def write_results(out: str, document: dict, markdown: str) -> None:
-    """``OUT.json`` (the full document) and ``OUT.md`` (its tables), when ``out`` is given; the tables to stdout."""
+def write_results(out: str | Path | None, document: dict, markdown: str) -> None:
+    """``OUT.json`` (the full document) and ``OUT.md`` (its tables), when ``out`` is given (its folder
+    made if need be); the tables to stdout."""
     if out:
-        Path(out + ".json").write_text(json.dumps(document, indent=2) + "\n")
-        Path(out + ".md").write_text(markdown.rstrip("\n") + "\n")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(document, indent=2) + "\n")
+        Path(f"{out}.md").write_text(markdown.rstrip("\n") + "\n")
     print(markdown)
 
 

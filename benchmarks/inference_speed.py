@@ -21,7 +21,6 @@ beside it, say) the numbers are lower bounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 
 from d2lnet.allocator import keep_freed_memory
 from d2lnet.device import resolve_device
@@ -111,10 +110,7 @@ def main() -> None:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine, "settings": settings,
               "note": args.note, "results": rows}  # fmt: skip
     stem = f"inference_speed_{device.type}" + ("" if args.precision == "fp32" else f"_{args.precision}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(report))
-    print(f"wrote {args.out / stem}.json and .md")
+    write_results(args.out / stem, report, markdown(report))
 
 
 def markdown(report: dict) -> str:

@@ -17,7 +17,6 @@ the two outputs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import onnxruntime
 import torch
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 
 from d2lnet.allocator import keep_freed_memory
 from d2lnet.engine import Restorer
@@ -77,10 +76,7 @@ def main() -> None:
         "settings": {"model": args.model, "precision": "fp32", "quality": QUALITY, "repeats": args.repeats, "layout": layout},
         "results": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "onnx_speed_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "onnx_speed_cpu.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out / "onnx_speed_cpu", report, markdown(report))
 
 
 def measure(restorer: Restorer, session, size: int, channels: int, repeats: int) -> dict:

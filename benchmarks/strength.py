@@ -14,7 +14,6 @@ Writes ``benchmarks/results/strength.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 
 from d2lnet import jpeg
 from d2lnet.engine import Restorer
@@ -103,10 +102,7 @@ def main() -> None:
             for q in args.quality
         ],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "strength.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "strength.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out / "strength", report, markdown(report))
 
 
 def markdown(report: dict) -> str:

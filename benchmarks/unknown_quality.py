@@ -18,7 +18,6 @@ or None (unknown).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_isa, cpu_name
+from common import cpu_isa, cpu_name, write_results
 
 from d2lnet.evaluation.methods import JPEG_METHOD, Method, load_method
 from d2lnet.evaluation.protocol import evaluate_set, mean_scores
@@ -117,10 +116,7 @@ def main() -> None:
         "cells": "[PSNR dB, SSIM, PSNR-B dB], mean over the images",
         "results": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "unknown_quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "unknown_quality.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out / "unknown_quality", report, markdown(report))
 
 
 def markdown(report: dict) -> str:
