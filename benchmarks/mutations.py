@@ -44,12 +44,13 @@ MODEL_TESTS = (
 FOURIER_TESTS = (
     "tests/test_fourier.py", "tests/test_fourier_fast.py", "tests/test_losses.py", "tests/test_equations.py", "tests/test_golden.py",
 )  # fmt: skip
+OPS_TESTS = ("tests/test_ops.py", "tests/test_model.py", "tests/test_equations.py", "tests/test_golden.py")
 WINOGRAD_TESTS = ("tests/test_winograd.py", "tests/test_fusion.py")
 FUSION_TESTS = ("tests/test_fusion.py",)
 LOSS_TESTS = ("tests/test_losses.py",)
 METRIC_TESTS = ("tests/test_metrics.py",)
 TESTS = {
-    "model.py": MODEL_TESTS, "fourier.py": FOURIER_TESTS, "winograd.py": WINOGRAD_TESTS, "fusion.py": FUSION_TESTS,
+    "model.py": MODEL_TESTS, "ops.py": OPS_TESTS, "fourier.py": FOURIER_TESTS, "winograd.py": WINOGRAD_TESTS, "fusion.py": FUSION_TESTS,
     "losses.py": LOSS_TESTS, "metrics.py": METRIC_TESTS,
 }  # fmt: skip
 
@@ -100,11 +101,12 @@ MUTATIONS: list[Mutation] = [
        ("from_amplitude_phase(amplitude, self.spectral(phase_of(s))", "from_amplitude_phase(self.spectral(phase_of(s)), amplitude"),
        ("phase = self.spectral(phase)", "phase, amplitude = amplitude, self.spectral(phase)")),
     _m("spectral-conv-without-activation", "model.py", "Conv(.) of eq. (8) without the LeakyReLU between its 1x1 convolutions",
+       ("pointwise_conv(second, act(pointwise_conv(first, z)))", "pointwise_conv(second, pointwise_conv(first, z))"),
        ("_pointwise(second, act(_pointwise(first, z)))", "_pointwise(second, _pointwise(first, z))")),
-    _m("hin-normalises-the-other-half", "model.py", "the half-instance norm takes its statistics from the second half",
+    _m("hin-normalises-the-other-half", "ops.py", "the half-instance norm takes its statistics from the second half",
        ("centred = y[:, :half].to(stats_dtype, copy=True)", "centred = y[:, half:].to(stats_dtype, copy=True)"),
        ("normalised = y[:, :half]", "normalised = y[:, half:]")),
-    _m("hin-variance-without-the-mean", "model.py", "the half-instance norm's variance as the mean square, E[x^2]",
+    _m("hin-variance-without-the-mean", "ops.py", "the half-instance norm's variance as the mean square, E[x^2]",
        ("spatial_mean(centred.sub_(mean).square_())", "spatial_mean(centred.square_())"),
        ("var = (normalised - mean).square()", "var = normalised.square()")),
     _m("block-identity-dropped", "model.py", "the released layout's identity term F_Xi missing from eq. (10)",
@@ -180,7 +182,7 @@ MUTATIONS: list[Mutation] = [
        ("grad_s = torch.fft.rfft2(_real(grad), norm=_ADJOINT_NORM[ctx.norm])", "grad_s = torch.fft.rfft2(_real(grad), norm=ctx.norm)")),
     _m("phase-gradient-sign", "fourier.py", "dP/dS with the sign of its real part flipped",
        ("return torch.complex(-imag * grad, real * grad)", "return torch.complex(imag * grad, real * grad)")),
-    _m("hin-backward-sign", "model.py", "the half-instance norm's backward with the (y - mean) term's sign flipped",
+    _m("hin-backward-sign", "ops.py", "the half-instance norm's backward with the (y - mean) term's sign flipped",
        ("b = -a * rstd * sum_g_yhat / count", "b = a * rstd * sum_g_yhat / count")),
     _m("winograd-input-grad-kernel-not-flipped", "winograd.py",
        "the Winograd input gradient correlates with the kernel unflipped",

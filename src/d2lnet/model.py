@@ -17,6 +17,10 @@ and a channel-attention refine head with a global residual.
 ``domain_order="released"`` reproduces the released code's deviation from the
 paper (phase corrected in stage 1, amplitude in stage 2, and a stage-2 input with
 the *input's* amplitude and stage 1's phase) so that the two can be compared.
+
+The Fourier operations (eqs. 3-5, 7, 8, 13) are :mod:`d2lnet.fourier`'s; the other operations
+whose plain PyTorch form is slow (the half-instance norm, the attention's means, eq. 8's 1x1
+convolutions of spectra) are :mod:`d2lnet.ops`'s, so that this file reads as the architecture.
 """
 
 from __future__ import annotations
@@ -34,13 +38,13 @@ from d2lnet.fourier import (
     amplitude_phase,
     from_amplitude_phase,
     inverse,
-    is_channels_last,
     phase_of,
     polar,
     spectrum,
     swap_amplitude,
     with_amplitude,
 )
+from d2lnet.ops import HalfInstanceNorm, SpatialMean, channel_mean, keep_gradient_layout, pointwise_conv
 
 
 @dataclass(frozen=True)
@@ -129,13 +133,6 @@ def _conv3x3(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
 
 
-def _pointwise(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
-    """The 1x1 convolution ``conv`` of ``z`` (B, C, H, W) with contiguous planes, as one matrix
-    product per image over its pixels, in ``z``'s dtype (an einsum would first copy z to (C, B, H, W))."""
-    weight, bias = conv.weight.flatten(1).to(z.dtype), conv.bias.to(z.dtype)[:, None]
-    return torch.baddbmm(bias, weight.expand(z.shape[0], -1, -1), z.flatten(2)).view(z.shape[0], -1, *z.shape[2:])
-
-
 class HINResBlock(nn.Module):
     """Half-instance-norm residual block (HINet): normalises half the channels after the first conv."""
 
@@ -153,57 +150,6 @@ class HINResBlock(nn.Module):
     def half_instance_norm(self, y: torch.Tensor) -> torch.Tensor:
         """``cat([self.norm(y[:, :half]), y[:, half:]])`` (see :class:`HalfInstanceNorm`)."""
         return HalfInstanceNorm.apply(y, self.norm.weight, self.norm.bias, self.norm.eps)
-
-
-class HalfInstanceNorm(torch.autograd.Function):
-    """Instance norm with a per-channel affine map on the first ``len(weight)`` channels of y
-    (B, C, H, W), the identity on the rest: HINet's half-instance norm, with its gradient by hand.
-
-    Forward, as one affine map per channel over the whole tensor: a single pass, where slicing a
-    channels-last tensor, normalising and concatenating would copy it three times. Statistics in
-    float32 (biased variance, two passes as InstanceNorm2d). Backward, the instance-norm gradient
-    dL/dy = (w/sigma) (g - mean(g) - yhat mean(g yhat)) as again one affine map per channel of
-    g and y: autograd through the slice builds a zero tensor in the contiguous layout and adds
-    the channels-last gradient into it (7 ms of the 22 ms that the norm took forward and backward
-    on a bf16 batch of 4x32x128x128; 13-16 ms in all this way).
-    """
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
-        half, stats_dtype = weight.numel(), torch.promote_types(y.dtype, torch.float32)
-        centred = y[:, :half].to(stats_dtype, copy=True)
-        # Two passes (torch.var_mean over H and W of a channels-last tensor is 10x slower), each a
-        # matrix product over the pixels (spatial_mean), on a float32 copy made once and centred in place.
-        with torch.autocast(device_type=y.device.type, enabled=False):  # autocast would take the products to bf16
-            mean = spatial_mean(centred)
-            rstd = torch.rsqrt(spatial_mean(centred.sub_(mean).square_()) + eps)
-        scale = weight[:, None, None] * rstd
-        ctx.save_for_backward(y, weight, mean, rstd)
-        scale, shift = _per_channel(y, scale, 1.0), _per_channel(y, bias[:, None, None] - mean * scale, 0.0)
-        return torch.addcmul(shift, y, scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:  # noqa: ANN001
-        y, weight, mean, rstd = ctx.saved_tensors
-        half, count = weight.numel(), y.shape[2] * y.shape[3]
-        g, y_half = grad[:, :half], y[:, :half]
-        sum_g = g.sum(dim=(2, 3), keepdim=True, dtype=mean.dtype)
-        sum_g_yhat = ((g * y_half).sum(dim=(2, 3), keepdim=True, dtype=mean.dtype) - mean * sum_g) * rstd
-        a = weight[:, None, None] * rstd
-        b = -a * rstd * sum_g_yhat / count  # dL/dy = a g + b (y - mean) - a mean(g)
-        c = -(a * sum_g + b * mean * count) / count
-        # In y's dtype, as the forward's map: float32 terms would promote g and y to float32 copies
-        # (a third of the norm's backward in bf16). b y and c cancel where a channel's mean is far
-        # larger than its spread, with the same rounding as the forward's shift there.
-        grad_y = torch.addcmul(_per_channel(y, c, 0.0), grad, _per_channel(y, a, 1.0))
-        grad_y = grad_y.addcmul_(y, _per_channel(y, b, 0.0))
-        return grad_y, sum_g_yhat.sum(0).flatten(), sum_g.sum(0).flatten(), None
-
-
-def _per_channel(y: torch.Tensor, first: torch.Tensor, rest: float) -> torch.Tensor:
-    """A (B, C, 1, 1) tensor of ``first`` (B, half, 1, 1) then ``rest`` for y's other channels, in y's dtype."""
-    fill = first.new_full((first.shape[0], y.shape[1] - first.shape[1], 1, 1), rest)
-    return torch.cat([first, fill], dim=1).to(y.dtype)
 
 
 class FeatureProjection(nn.Sequential):
@@ -231,58 +177,6 @@ class SpatialAttention(nn.Module):
         else:  # amax reduces bf16 a third slower than a float32 copy of it
             peak = x.to(torch.promote_types(x.dtype, torch.float32)).amax(dim=1, keepdim=True).to(x.dtype)
         return torch.sigmoid(self.conv(torch.cat([channel_mean(x), peak], dim=1)))
-
-
-def channel_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean(dim=1, keepdim=True)`` of a (B, C, H, W) tensor; of a channels-last one as a matrix
-    product with a vector of ones, as PyTorch's mean reduces bf16 through a float32 copy of x (a
-    bf16 4x32x256x256 batch: 20 ms, against 2.5 ms as a product that accumulates in float32)."""
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        return x.mean(dim=1, keepdim=True)
-    return torch.matmul(x.permute(0, 2, 3, 1), x.new_ones(x.shape[1], 1)).permute(0, 3, 1, 2) / x.shape[1]
-
-
-def spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean(dim=(2, 3), keepdim=True)`` of a (B, C, H, W) tensor, as a matrix product over the
-    pixels in either memory layout (1.1 ms against 5.2 ms for mean() on a bf16 4x32x128x128 batch),
-    whose gradient comes back in x's layout."""
-    b, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last):
-        total = torch.matmul(x.new_ones(1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c))
-    else:
-        total = torch.matmul(x.reshape(b, c, h * w), x.new_ones(h * w, 1))
-    return total.reshape(b, c, 1, 1) / (h * w)
-
-
-class SpatialMean(nn.Module):
-    """:func:`spatial_mean` as a module: ``nn.AdaptiveAvgPool2d(1)``, faster."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return spatial_mean(x)
-
-
-def keep_gradient_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x``, whose gradient comes back in ``x``'s memory format (see :class:`_SameLayoutGradient`)."""
-    return _SameLayoutGradient.apply(x) if x.requires_grad else x
-
-
-class _SameLayoutGradient(torch.autograd.Function):
-    """The identity, with the gradient laid out as its input (channels-last or not).
-
-    A reduction over channels (the spatial attention's maximum) gives its gradient in the
-    contiguous layout. Added to a channels-last gradient, every later step of the backward mixes
-    the two layouts and runs several times slower (a bf16 block's F_spa - F_fre took 9 ms to add
-    up its gradient at 4x32x128x128, 1 ms once laid out alike), so one copy here pays.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.channels_last = is_channels_last(x)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
 
 
 class QualityEmbedding(nn.Module):
@@ -377,7 +271,7 @@ class DualDomainBlock(nn.Module):
         layout change (a convolution would make two) and no rounding to bf16 on the way."""
         first, act, second = self.spectral
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return _pointwise(second, act(_pointwise(first, z)))
+            return pointwise_conv(second, act(pointwise_conv(first, z)))
 
     def fourier_literal(self, f_x: torch.Tensor) -> torch.Tensor:
         """:meth:`fourier` as eqs. (7) and (8) read, angle and all: the reference it is tested against."""
