@@ -122,3 +122,22 @@ def test_half_instance_norm_statistics_stay_float32_under_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             got = ops.HalfInstanceNorm.apply(y, weight, bias, 1e-5)
         torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_max_is_the_maximum_over_channels_with_and_without_autograd(dtype):
+    """Both reductions (max under autograd, amax of a float32 copy without) give NumPy's maximum over
+    channels exactly, in the input's dtype, and the gradient reaches the maximum's position only."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    expected = x.float().numpy().max(axis=1, keepdims=True)
+    plain = ops.channel_max(x)
+    tracked = ops.channel_max(x.detach().requires_grad_())
+    for got in (plain, tracked):
+        assert got.dtype == dtype and got.shape == (2, 1, 5, 7)
+        np.testing.assert_array_equal(got.detach().float().numpy(), expected)
+    y = x.detach().float().requires_grad_()
+    (grad,) = torch.autograd.grad(ops.channel_max(y).sum(), y)
+    np.testing.assert_array_equal(grad.numpy(), (y.detach().numpy() == expected).astype(np.float32))
