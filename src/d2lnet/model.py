@@ -19,7 +19,7 @@ paper (phase corrected in stage 1, amplitude in stage 2, and a stage-2 input wit
 the *input's* amplitude and stage 1's phase) so that the two can be compared.
 
 The Fourier operations (eqs. 3-5, 7, 8, 13) are :mod:`d2lnet.fourier`'s; the other operations
-whose plain PyTorch form is slow (the half-instance norm, the attention's means, eq. 8's 1x1
+whose plain PyTorch form is slow (the half-instance norm, the attention's pooling, eq. 8's 1x1
 convolutions of spectra) are :mod:`d2lnet.ops`'s, so that this file reads as the architecture.
 """
 
