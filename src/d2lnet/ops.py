@@ -3,10 +3,9 @@
 :mod:`d2lnet.model` keeps the architecture (Fig. 3, eqs. 6-14) readable and calls these for the
 parts where the obvious PyTorch expression is slow: the half-instance norm (HINet) with its
 gradient by hand, means over channels and over pixels as matrix products, the maximum over
-channels by the faster reduction, 1x1 convolutions of
-float32 spectra as batched products, and a gradient kept in its input's memory layout. Each
-computes the same function as the expression it replaces (``tests/test_ops.py``); the
-docstrings give the measurements that made them worth it.
+channels by the faster reduction, 1x1 convolutions of float32 spectra as batched products, and
+a gradient kept in its input's memory layout. Each computes the same function as the expression
+it replaces (``tests/test_ops.py``); the docstrings give the measurements that made them worth it.
 """
 
 from __future__ import annotations
