@@ -1,6 +1,7 @@
 """d2lnet.ops: the fast forms of the blocks' operations against the expressions they replace
 (NumPy, float64, finite differences and autograd through the plain PyTorch form)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,6 @@ from d2lnet import ops
 def test_pointwise_conv_is_the_1x1_convolution():
     """Eq. (8)'s 1x1 convolutions as batched products: NumPy's per-pixel channel mix plus bias, in
     float64, for a batch, and the gradients of F.conv2d's."""
-    import numpy as np
-
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(5, 4, 1).double()
     z = torch.randn(3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
@@ -86,8 +85,6 @@ def test_half_instance_norm_in_bf16_is_close_to_float64():
 def test_channel_and_spatial_means_against_numpy(layout):
     """The attention's pooling as matrix products: the means over channels and over pixels of
     NumPy, in float64 (values and, through autograd, the uniform 1/n gradient), either layout."""
-    import numpy as np
-
     torch.manual_seed(0)
     x = torch.randn(2, 5, 7, 9, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
     for mean, axes, n in ((ops.channel_mean, (1,), 5), (ops.spatial_mean, (2, 3), 63)):
@@ -128,8 +125,6 @@ def test_half_instance_norm_statistics_stay_float32_under_autocast():
 def test_channel_max_is_the_maximum_over_channels_with_and_without_autograd(dtype):
     """Both reductions (max under autograd, amax of a float32 copy without) give NumPy's maximum over
     channels exactly, in the input's dtype, and the gradient reaches the maximum's position only."""
-    import numpy as np
-
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
     expected = x.float().numpy().max(axis=1, keepdims=True)
